@@ -1,0 +1,44 @@
+"""Builds unet_fast._C from csrc/ and installs triton_kernels/ as unet_fast.triton_kernels.
+
+The CUDA sources in csrc/cuda are compiled only when torch is a CUDA build and a CUDA toolkit is
+found (set UNET_FAST_FORCE_CPU=1 to skip them). Install with --no-build-isolation so the build
+uses the torch already installed instead of downloading another one.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def native_extension():
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    with_cuda = (
+        bool(cuda_sources)
+        and torch.version.cuda is not None
+        and CUDA_HOME is not None
+        and os.environ.get("UNET_FAST_FORCE_CPU") != "1"
+    )
+    args = {"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]}
+    if with_cuda:
+        return CUDAExtension(
+            "unet_fast._C", sources + cuda_sources, extra_compile_args=args,
+            define_macros=[("UNET_FAST_WITH_CUDA", None)], include_dirs=[os.path.join(ROOT, "csrc")],
+        )
+    return CppExtension(
+        "unet_fast._C", sources, extra_compile_args={"cxx": args["cxx"]},
+        include_dirs=[os.path.join(ROOT, "csrc")],
+    )
+
+
+setup(
+    packages=["unet_fast", "unet_fast.backends", "unet_fast.triton_kernels"],
+    package_dir={"unet_fast.triton_kernels": "triton_kernels"},
+    ext_modules=[native_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

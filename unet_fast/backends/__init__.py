@@ -1,0 +1,1 @@
+"""Inference backends, one module per device family, registered with :mod:`unet_fast.dispatch`."""
