@@ -1,0 +1,42 @@
+"""``unet-fast info``: versions, devices and which fast paths are active."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show versions, devices and active backends",
+                       description="Show versions, devices and which fast paths are active.")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import unet_fast
+    from unet_fast._native import native_available
+    from unet_fast.dispatch import registered_backends
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    rows = [
+        ("unet_fast", unet_fast.__version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("triton", triton_version),
+        ("cuda", torch.version.cuda or "none (CPU build of torch)"),
+        ("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
+        ("native extension (unet_fast._C)", "loaded" if native_available() else "MISSING"),
+        ("cpu backends", ", ".join(registered_backends("cpu")) or "reference only"),
+        ("cuda backends", ", ".join(registered_backends("cuda")) or "reference only"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0

@@ -1,0 +1,5 @@
+"""The fused ops as functions (``torch.ops.unet_fast.*`` underneath), usable on their own.
+
+Tiling ops (mirror pad, tile extraction, stitching) come from the native extension; the fused
+convolution ops from the Triton kernels.
+"""
