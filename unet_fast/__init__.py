@@ -11,6 +11,7 @@ from .config import UNetConfig
 from .dispatch import register_backend, select_backend
 from .flops import forward_flops
 from .model import UNet
+from .tiling import segment
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "forward_flops",
     "reference",
     "register_backend",
+    "segment",
     "select_backend",
     "sizes",
     "__version__",
