@@ -17,9 +17,9 @@ DEVICES = ("cpu", pytest.param("cuda", marks=pytest.mark.gpu))
 
 
 def numpy_pad(x: torch.Tensor, pad: list[int], mode: str) -> torch.Tensor:
-    t, b, l, r = pad
+    top, bottom, left, right = pad
     as_np = x.float().cpu().numpy() if x.dtype == torch.bfloat16 else x.cpu().numpy()
-    out = np.pad(as_np, ((0, 0), (0, 0), (t, b), (l, r)), mode=mode)
+    out = np.pad(as_np, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=mode)
     return torch.from_numpy(out).to(x.dtype)
 
 
@@ -92,7 +92,8 @@ def test_native_op_runs() -> None:
 
 def test_opcheck() -> None:
     _ops()
-    for x in (torch.randn(2, 3, 5, 4), torch.randn(1, 4, 3, 6).to(memory_format=torch.channels_last)):
+    cl = torch.randn(1, 4, 3, 6).to(memory_format=torch.channels_last)
+    for x in (torch.randn(2, 3, 5, 4), cl):
         torch.library.opcheck(torch.ops.unet_fast.mirror_pad.default, (x, [6, 1, 0, 9], "reflect"))
 
 

@@ -119,7 +119,7 @@ def test_errors_name_the_argument() -> None:
         ops.extract_tiles(image[0], good, 3, 3, "reflect", False)
     out = torch.zeros(1, 2, 6, 6)
     tiles = torch.randn(1, 2, 3, 3)
-    with pytest.raises(RuntimeError, match="tiles dtype .* must match out dtype"):
+    with pytest.raises(RuntimeError, match=r"tiles dtype .* must match out dtype"):
         ops.stitch_tiles(out, tiles.double(), good, None)
     with pytest.raises(RuntimeError, match="tiles has 1 channels but out has 2"):
         ops.stitch_tiles(out, tiles[:, :1], good, None)

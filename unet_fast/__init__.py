@@ -20,11 +20,11 @@ register_backend("cpu", CpuOneDNNBackend())
 __all__ = [
     "UNet",
     "UNetConfig",
+    "__version__",
     "forward_flops",
     "reference",
     "register_backend",
     "segment",
     "select_backend",
     "sizes",
-    "__version__",
 ]

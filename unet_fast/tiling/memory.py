@@ -69,7 +69,7 @@ def estimate_tile_bytes(config: UNetConfig, tile_h: int, tile_w: int, dtype: tor
 
 
 def default_memory_budget(device: torch.device) -> int:
-    """Half the free memory of a CUDA device; on the CPU a quarter of the available RAM, <= 2 GiB."""
+    """Half the free memory of a CUDA device; on the CPU a quarter of the free RAM, <= 2 GiB."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)

@@ -27,6 +27,15 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
+def receptive_radius(depth: int) -> int:
+    """Pixels per side that can influence an output pixel of a same-padding U-Net of ``depth``.
+
+    The convolutions reach as far as the valid network's margin (``6 * 2**depth - 4``); each
+    2x2 pooling can add up to one more pixel of its level, ``2**depth - 1`` in all.
+    """
+    return sizes.margin(depth, "valid") + 2**depth - 1
+
+
 def gaussian_weight(h: int, w: int, sigma_scale: float = 1.0 / 8) -> torch.Tensor:
     """``(h, w)`` float32 Gaussian importance map (nnU-Net's: sigma = size / 8, peak 1).
 
@@ -122,7 +131,7 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor
     flipped = torch.cat([x.flip(f) if f else x for f in TTA_FLIPS])
     ys = model(flipped).float().chunk(len(TTA_FLIPS))
     total = ys[0].clone()
-    for f, y in zip(TTA_FLIPS[1:], ys[1:]):
+    for f, y in zip(TTA_FLIPS[1:], ys[1:], strict=True):
         total += y.flip(f)
     return total / len(TTA_FLIPS)
 
@@ -144,7 +153,7 @@ def segment(model: torch.nn.Module, image: torch.Tensor, *,
     * Same-padding models: ``blend="gaussian"`` / ``"constant"`` run windows overlapping by the
       fraction ``overlap`` (default 0.25) and blend them with that weight map;
       ``blend="margin"`` discards a context of ``overlap`` pixels per side (default
-      ``6 * 2**depth - 4``, the receptive margin, which makes it match a whole-image pass).
+      :func:`receptive_radius`, which makes it match one pass over the mirror-extended image).
 
     Args:
         model: a :class:`unet_fast.UNet` or :class:`unet_fast.reference.UNet` (in eval mode for
@@ -183,7 +192,7 @@ def segment(model: torch.nn.Module, image: torch.Tensor, *,
         scheme, context, frac = "valid", 0, 0.0
     elif blend == "margin":
         scheme = "margin"
-        context = sizes.margin(config.depth, "valid") if overlap is None else int(overlap)
+        context = receptive_radius(config.depth) if overlap is None else int(overlap)
         frac = 0.0
     else:
         scheme, context, frac = "blend", 0, 0.25 if overlap is None else float(overlap)
