@@ -18,7 +18,7 @@ from unet_fast.ops import mirror_pad
 from unet_fast.ops.tiling_reference import extract_tiles_reference, stitch_tiles_reference
 from unet_fast.tiling import estimate_tile_bytes, gaussian_weight
 from unet_fast.tiling.geometry import plan_blend_axis
-from unet_fast.tiling.segment import receptive_radius
+from unet_fast.tiling.overlap_tile import receptive_radius
 
 DEVICES = ("cpu", pytest.param("cuda", marks=pytest.mark.gpu))
 
