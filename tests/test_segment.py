@@ -130,6 +130,17 @@ def test_determinism_and_reference_agreement() -> None:
                                rtol=1e-4, atol=1e-4)
 
 
+def test_bfloat16_model() -> None:
+    """Tiles are cast to the model's dtype; the stitched result is float32 either way."""
+    _, fast = make_models(base_channels=4, depth=3)
+    image = torch.randn(1, 1, 150, 130)
+    want = uf.segment(fast, image, tile_size=124)
+    got = uf.segment(fast.to(torch.bfloat16), image, tile_size=124)
+    assert got.dtype == torch.float32
+    assert (got - want).norm() <= 0.05 * want.norm()
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.99
+
+
 def test_same_padding_margin_matches_whole_pass() -> None:
     """Cores on the pooling grid + a context of the receptive margin = one whole-image pass."""
     ref, _ = make_models(base_channels=4, depth=2, padding="same")
