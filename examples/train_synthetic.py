@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -41,6 +42,16 @@ def score(model: torch.nn.Module, samples: list, instances: list[np.ndarray]) ->
         sep_n += n
     return {"foreground_iou": float(np.mean(ious)), "separated": sep_ok / max(sep_n, 1),
             "touching_pairs": sep_n}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -71,7 +82,7 @@ def main() -> None:
     variants = {"weight map (w0=10, sigma=5, balanced)": dict(w0=10.0, sigma=5.0,
                                                                class_weights="balanced"),
                 "plain cross-entropy": dict(w0=0.0, class_weights=None)}
-    results: dict = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+    results: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs",
                      "threads": args.threads, "torch": torch.__version__,
                      "args": vars(args), "variants": {}}
     for name, kw in variants.items():

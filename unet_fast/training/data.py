@@ -155,8 +155,7 @@ def _reflect(t: torch.Tensor, before: int, after_h: int, after_w: int) -> torch.
     # numpy's "reflect" folds back and forth, so context wider than the image still works.
     a = t.numpy()
     pad = [(0, 0)] * (a.ndim - 2) + [(before, before + after_h), (before, before + after_w)]
-    return torch.from_numpy(np.pad(a, pad, mode="reflect")) if a.shape[-1] > 1 else \
-        torch.from_numpy(np.pad(a, pad, mode="symmetric"))
+    return torch.from_numpy(np.pad(a, pad, mode="reflect"))
 
 
 class TileSampler:

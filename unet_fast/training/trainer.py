@@ -166,6 +166,8 @@ class Trainer:
         """What resuming needs besides the model weights."""
         return {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
+                # dropout draws from the global CPU RNG (CUDA's is not restored)
+                "torch_rng": torch.get_rng_state(),
                 "history": self.history, "best_iou": self.best_iou,
                 "settings": asdict(self.settings), "tile": self.tile}
 
@@ -178,6 +180,7 @@ class Trainer:
         self.optimizer.load_state_dict(tr["optimizer"])
         self.scaler.load_state_dict(tr["scaler"])
         self.generator.set_state(tr["generator"])
+        torch.set_rng_state(tr["torch_rng"])
         self.epoch, self.history, self.best_iou = tr["epoch"], list(tr["history"]), tr["best_iou"]
 
     def resume(self, path: str | Path) -> None:
