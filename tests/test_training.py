@@ -188,3 +188,22 @@ def test_cli_train_errors(folder, tmp_path, capsys, extra, msg):
     assert rc == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
+
+
+def test_class_masks_and_same_padding(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        mask = np.zeros((30, 37), np.uint8)
+        mask[5:15, 5:15], mask[18:26, 20:33] = 1, 2
+        np.save(tmp_path / "images" / f"{i}.npy", mask + 0.3 * rng.standard_normal(mask.shape))
+        np.save(tmp_path / "masks" / f"{i}.npy", mask)
+    tr = train(tmp_path, tmp_path / "ck", mask_type="class", num_classes=3, padding="same",
+               base_channels=2, depth=2, dropout=0.0, epochs=1, steps_per_epoch=2,
+               progress=False, device="cpu")
+    assert tr.tile == 30  # same padding: the whole smallest side
+    assert 0.0 <= tr.history[-1]["val_iou"] <= 1.0
+    pred = predict_mask(tr.model.eval(), load_folder(tmp_path, mask_type="class",
+                                                     num_classes=3)[0].image)
+    assert pred.shape == (30, 37) and set(np.unique(pred)) <= {0, 1, 2}
