@@ -19,10 +19,10 @@ register_backend("cpu", CpuOneDNNBackend())
 __all__ = [
     "UNet",
     "UNetConfig",
+    "__version__",
     "forward_flops",
     "reference",
     "register_backend",
     "select_backend",
     "sizes",
-    "__version__",
 ]
