@@ -50,7 +50,7 @@ def test_reference_model_and_overwrite(tmp_path):
 
 
 def test_save_rejects_other_modules(tmp_path):
-    with pytest.raises(TypeError, match="expects a unet_fast.UNet"):
+    with pytest.raises(TypeError, match=r"expects a unet_fast.UNet"):
         unet_fast.save(torch.nn.Conv2d(1, 1, 1), tmp_path / "x.pt")
     assert not list(tmp_path.iterdir())
 
@@ -65,7 +65,7 @@ def test_failed_write_leaves_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match=r"disk full"):
         unet_fast.save(_model(num_classes=5), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
@@ -74,25 +74,25 @@ def test_failed_write_leaves_old_file(tmp_path, monkeypatch):
 def test_missing_and_corrupt(tmp_path):
     with pytest.raises(CheckpointError, match=r"'.*nope.pt' does not exist"):
         unet_fast.load(tmp_path / "nope.pt")
-    with pytest.raises(CheckpointError, match="is a folder"):
+    with pytest.raises(CheckpointError, match=r"is a folder"):
         unet_fast.load(tmp_path)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="bad.pt' is corrupt") as e:
+    with pytest.raises(CheckpointError, match=r"bad.pt' is corrupt") as e:
         unet_fast.load(bad)
     assert "\n" not in str(e.value)
     good = tmp_path / "good.pt"
     unet_fast.save(_model(), good)
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes(good.read_bytes()[:300])
-    with pytest.raises(CheckpointError, match="trunc.pt' is corrupt"):
+    with pytest.raises(CheckpointError, match=r"trunc.pt' is corrupt"):
         unet_fast.load(trunc)
 
 
 def test_never_unpickles_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "unet_fast", "obj": reference.UNet(depth=1, base_channels=2)}, path)
-    with pytest.raises(CheckpointError, match="contains pickled Python objects"):
+    with pytest.raises(CheckpointError, match=r"contains pickled Python objects"):
         read(path)
 
 

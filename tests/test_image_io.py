@@ -64,27 +64,27 @@ def test_tiff_and_npy(tmp_path):
 
 
 def test_read_errors(tmp_path):
-    with pytest.raises(ImageError, match="nope.png' does not exist"):
+    with pytest.raises(ImageError, match=r"nope.png' does not exist"):
         read_image(tmp_path / "nope.png")
-    with pytest.raises(ImageError, match="unsupported extension"):
+    with pytest.raises(ImageError, match=r"unsupported extension"):
         read_image(tmp_path / "x.gif")
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(ImageError, match="bad.png': corrupt or not a valid PNG") as e:
+    with pytest.raises(ImageError, match=r"bad.png': corrupt or not a valid PNG") as e:
         read_image(tmp_path / "bad.png")
     assert "\n" not in str(e.value)
     (tmp_path / "bad.tif").write_bytes(b"II*\0garbage")
-    with pytest.raises(ImageError, match="bad.tif': corrupt"):
+    with pytest.raises(ImageError, match=r"bad.tif': corrupt"):
         read_image(tmp_path / "bad.tif")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ImageError, match="cannot read"):
+    with pytest.raises(ImageError, match=r"cannot read"):
         read_image(tmp_path / "obj.npy")
     np.save(tmp_path / "i32.npy", np.zeros((4, 4), np.int32))
-    with pytest.raises(ImageError, match="pixel type int32"):
+    with pytest.raises(ImageError, match=r"pixel type int32"):
         read_image(tmp_path / "i32.npy")
     np.save(tmp_path / "4d.npy", np.zeros((1, 1, 4, 4), np.float32))
-    with pytest.raises(ImageError, match="expected 2-D"):
+    with pytest.raises(ImageError, match=r"expected 2-D"):
         read_image(tmp_path / "4d.npy")
-    with pytest.raises(ImageError, match="has 3 channel.*expects 1"):
+    with pytest.raises(ImageError, match=r"has 3 channel.*expects 1"):
         match_channels(torch.zeros(3, 2, 2), 1)
 
 
@@ -116,7 +116,7 @@ def test_write_probs_and_overlay(tmp_path):
     t = tifffile.imread(tmp_path / "p.tif")
     assert t.dtype == np.float32
     np.testing.assert_array_equal(t, p.numpy())
-    with pytest.raises(ImageError, match="use .npy or .tif"):
+    with pytest.raises(ImageError, match=r"use .npy or .tif"):
         write_probs(tmp_path / "p.png", p)
     img = torch.zeros(1, 4, 5)
     lab = torch.zeros(4, 5, dtype=torch.long)
@@ -133,6 +133,6 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(Image.Image, "save", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match=r"disk full"):
         write_mask(tmp_path / "m.png", torch.zeros(2, 2, dtype=torch.long), 2)
     assert list(tmp_path.iterdir()) == []

@@ -65,14 +65,14 @@ def test_training_script_extras_and_file(tmp_path):
 
 def test_bad_state_dicts():
     sd = randomise_(MilesialUNet(3, 2, False, width=4)).state_dict()
-    with pytest.raises(CheckpointError, match="not a milesial"):
+    with pytest.raises(CheckpointError, match=r"not a milesial"):
         from_milesial({"encoder.weight": torch.zeros(1)})
     extra = dict(sd, **{"up1.attention.weight": torch.zeros(1)})
-    with pytest.raises(CheckpointError, match="unexpected keys.*up1.attention.weight"):
+    with pytest.raises(CheckpointError, match=r"unexpected keys.*up1.attention.weight"):
         from_milesial(extra)
     missing = {k: v for k, v in sd.items() if not k.startswith("up2.conv.double_conv.4")}
-    with pytest.raises(CheckpointError, match="missing keys.*decoder.1.norm2"):
+    with pytest.raises(CheckpointError, match=r"missing keys.*decoder.1.norm2"):
         from_milesial(missing)
     wrong = dict(sd, **{"up3.up.weight": torch.zeros(3, 3, 2, 2)})
-    with pytest.raises(CheckpointError, match="decoder.2.up.weight.*shape"):
+    with pytest.raises(CheckpointError, match=r"decoder.2.up.weight.*shape"):
         from_milesial(wrong)

@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "UNet",
     "UNetConfig",
+    "__version__",
     "forward_flops",
     "from_milesial",
     "load",
@@ -32,5 +33,4 @@ __all__ = [
     "segment",
     "select_backend",
     "sizes",
-    "__version__",
 ]

@@ -36,9 +36,8 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """
     config = getattr(model, "config", None)
     if not isinstance(config, UNetConfig):
-        raise TypeError(
-            f"save() expects a unet_fast.UNet or unet_fast.reference.UNet, got {type(model).__name__}"
-        )
+        raise TypeError("save() expects a unet_fast.UNet or unet_fast.reference.UNet, "
+                        f"got {type(model).__name__}")
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(),
                "state_dict": state}
@@ -80,7 +79,6 @@ def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
-
 
 
 def is_unet_fast_checkpoint(obj: Any) -> bool:
