@@ -81,6 +81,10 @@ def test_missing_and_corrupt(tmp_path):
     with pytest.raises(CheckpointError, match=r"bad.pt' is corrupt") as e:
         unet_fast.load(bad)
     assert "\n" not in str(e.value)
+    png = tmp_path / "image.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(CheckpointError, match=r"image.png' is corrupt or not a PyTorch weights"):
+        unet_fast.load(png)
     good = tmp_path / "good.pt"
     unet_fast.save(_model(), good)
     trunc = tmp_path / "trunc.pt"

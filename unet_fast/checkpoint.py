@@ -62,18 +62,29 @@ def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or e}") from e
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "weights_only" in str(e).lower():
+        if "Unsupported global" in str(e):
             raise CheckpointError(
                 f"checkpoint {str(path)!r} contains pickled Python objects, which unet_fast "
                 "refuses to load (only tensors and plain data are read; re-save its state_dict)"
             ) from e
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt ({_first_line(e)})") from e
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch weights "
+                              f"file ({_unpickler_detail(e)})") from e
     except Exception as e:
         # torch.load reports truncation and garbage with many exception types (RuntimeError,
         # EOFError, BadZipFile, ...) and multi-line messages; the first line is the useful part
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or not a PyTorch weights file ({_first_line(e)})"
         ) from e
+
+
+def _unpickler_detail(e: BaseException) -> str:
+    # torch wraps the real reason in a paragraph about weights_only; dig it out
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return (rest or (lines[i + 1] if i + 1 < len(lines) else ""))[:200]
+    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:

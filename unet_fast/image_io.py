@@ -142,7 +142,12 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
         raise
     except PermissionError as e:
         raise ImageError(f"cannot read {name}: permission denied") from e
+    except MemoryError as e:
+        raise ImageError(f"{name} is too large to fit in memory") from e
     except Exception as e:
+        if type(e).__name__ == "DecompressionBombError":
+            raise ImageError(f"{name} has more pixels than Pillow's safety limit "
+                             "(PIL.Image.MAX_IMAGE_PIXELS); save it as TIFF or .npy") from e
         raise ImageError(f"cannot read {name}: corrupt or not a valid {path.suffix[1:].upper()} "
                          f"file ({_first_line(e)})") from e
     a = normalise(to_chw(np.asarray(a), name), name)
