@@ -48,8 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="model file: unet_fast.save() format or a milesial/Pytorch-UNet state "
                         "dict (detected automatically)")
     p.add_argument("-o", "--out", metavar="PATH",
-                   help="output file (one input only) or folder, created if missing "
-                        "(default: next to each input)")
+                   help="output file (a name with an extension, one input only) or folder, "
+                        "created if missing (default: NAME_<output>.<ext> next to each input)")
     p.add_argument("--output", choices=tuple(KINDS), default="mask",
                    help="what to write: class mask, per-class probabilities, or the image "
                         "with classes tinted (default: mask)")
