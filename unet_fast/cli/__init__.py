@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["info"]
+SUBCOMMANDS = ["segment", "info"]
 
 
 class CliError(Exception):
