@@ -25,11 +25,9 @@ def test_matches_reference_network(bilinear, hw):
     assert (model.config.in_channels, model.config.num_classes) == (3, 2)
     assert model.config.base_channels == 4 and model.config.depth == 4
     assert not model.training
-    # milesial's bilinear bottleneck is C -> C/2 -> C/2 and the reference's C -> C -> C/2: the
-    # converter zero-pads the middle channels (exact); see unet_fast.milesial
+    # the channel plans coincide exactly, the bilinear bottleneck (C -> C/2 -> C/2) included
     mid = model.bottleneck.conv1.weight.shape[0]
-    assert ref.down4.maxpool_conv[1].double_conv[0].weight.shape[0] == (32 if bilinear else 64)
-    assert mid == 64
+    assert ref.down4.maxpool_conv[1].double_conv[0].weight.shape[0] == mid == (32 if bilinear else 64)
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
         expected = ref(x)

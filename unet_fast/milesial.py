@@ -13,11 +13,6 @@ Channels, classes, width, depth and the up-sampling variant are read from the te
 ``mask_values`` entry its training script saves is kept as ``model.mask_values`` (the pixel value
 of each class, used by the CLI to write masks the way its ``predict.py`` does). Older checkpoints
 whose 3x3 convolutions carry a bias get it folded into the following BatchNorm's running mean.
-
-One difference in channel plan is bridged exactly: with ``bilinear=True`` milesial's bottleneck
-is ``C -> C/2 -> C/2`` while the unet_fast reference's is ``C -> C -> C/2``; the extra middle
-channels get zero weights and a BatchNorm that outputs 0 (ReLU keeps it 0), so the result is
-identical, at the cost of some wasted work in that one block.
 """
 
 from __future__ import annotations
@@ -112,29 +107,6 @@ def _fold_conv_biases(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _widen_bottleneck(state: dict[str, Any], mid: int) -> dict[str, Any]:
-    """Zero-pad the bottleneck's middle channels up to ``mid`` (see the module docstring)."""
-    needed = [f"bottleneck.{n}" for n in ("conv1.weight", "conv2.weight", "norm1.weight",
-              "norm1.bias", "norm1.running_mean", "norm1.running_var")]
-    if any(k not in state for k in needed):
-        return state  # build_model names what is missing
-    w1 = state["bottleneck.conv1.weight"]
-    have = w1.shape[0]
-    if have >= mid:
-        return state
-    extra = mid - have
-    out = dict(state)
-    out["bottleneck.conv1.weight"] = torch.cat([w1, w1.new_zeros((extra, *w1.shape[1:]))])
-    for leaf, fill in (("weight", 0.0), ("bias", 0.0), ("running_mean", 0.0),
-                       ("running_var", 1.0)):
-        t = state[f"bottleneck.norm1.{leaf}"]
-        out[f"bottleneck.norm1.{leaf}"] = torch.cat([t, t.new_full((extra,), fill)])
-    w2 = state["bottleneck.conv2.weight"]
-    out["bottleneck.conv2.weight"] = torch.cat(
-        [w2, w2.new_zeros((w2.shape[0], extra, *w2.shape[2:]))], dim=1)
-    return out
-
-
 def from_milesial(state_dict_or_path: dict[str, Any] | str | os.PathLike[str],
                   map_location: Any = "cpu") -> UNet:
     """A :class:`unet_fast.UNet` (eval mode) computing what milesial's ``UNet`` computes.
@@ -189,10 +161,6 @@ def from_milesial(state_dict_or_path: dict[str, Any] | str | os.PathLike[str],
             f"{where}: unexpected keys for the milesial layout: {', '.join(unknown[:3])}"
             + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""))
     renamed = _fold_conv_biases(renamed)
-    if bilinear and "bottleneck.conv1.weight" in renamed:
-        with torch.device("meta"):
-            mid = UNet(**config.to_dict()).bottleneck.conv1.weight.shape[0]
-        renamed = _widen_bottleneck(renamed, mid)
     model = build_model(config, renamed, where)
     if mask_values is not None:
         model.mask_values = mask_values
