@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["info", "train"]
+SUBCOMMANDS = ["segment", "train", "info"]
 
 
 class CliError(Exception):
