@@ -143,6 +143,9 @@ def test_train_resume_equals_straight_run(folder, tmp_path):
     ckpt = read_checkpoint(tmp_path / "a" / "last.pt")  # weights_only=True load
     assert ckpt["config"] == straight.model.config.to_dict()
     assert (tmp_path / "a" / "best.pt").is_file()
+    loaded = unet_fast.load(tmp_path / "a" / "last.pt")  # the project's loader reads it too
+    assert all(torch.equal(v, loaded.state_dict()[k])
+               for k, v in straight.model.state_dict().items())
 
 
 def test_training_reduces_loss_and_fast_model_agrees(folder):
