@@ -81,8 +81,12 @@ def _read_pil(path: Path) -> np.ndarray:
     return a
 
 
-def _read_array(path: Path) -> np.ndarray:
+def read_array(path: str | os.PathLike[str]) -> np.ndarray:
+    """The raw pixel array of an image or mask file (no normalisation, no layout change)."""
+    path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(f"unsupported file type {path.name!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
     if suffix in NPY_SUFFIXES:
         return np.load(path, allow_pickle=False)
     if suffix in TIFF_SUFFIXES:
@@ -137,7 +141,7 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     if path.is_dir():
         raise ImageError(f"{name} is a folder, expected a file")
     try:
-        a = _read_array(path)
+        a = read_array(path)
     except ImageError:
         raise
     except PermissionError as e:

@@ -15,51 +15,19 @@ import numpy as np
 import torch
 
 from .. import sizes
+from ..image_io import IMAGE_SUFFIXES, normalise, read_array, to_chw
 from .weight_map import ClassWeights, weight_map
 
-IMAGE_EXTS = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTS = IMAGE_SUFFIXES
 MASK_TYPES = ("instance", "class")
 IGNORE = -100  # target value of pixels that carry no label (the loss skips them)
 
 
-def read_array(path: str | Path) -> np.ndarray:
-    """Read an image or mask file as a numpy array (H, W) or (H, W, C)."""
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext == ".npy":
-        return np.load(path, allow_pickle=False)
-    if ext in (".tif", ".tiff"):
-        try:
-            import tifffile
-        except ImportError:
-            raise ValueError(f"reading {path.name} needs tifffile (pip install tifffile)") from None
-        return np.asarray(tifffile.imread(path))
-    if ext in IMAGE_EXTS:
-        try:
-            from PIL import Image
-        except ImportError:
-            raise ValueError(f"reading {path.name} needs Pillow (pip install pillow)") from None
-        with Image.open(path) as im:
-            return np.asarray(im)
-    raise ValueError(f"unsupported file type {path.name!r}; use one of {', '.join(IMAGE_EXTS)}")
-
-
 def normalize_image(arr: np.ndarray) -> np.ndarray:
-    """float32 (C, H, W), each channel scaled to zero mean and unit standard deviation.
-
-    A 2-D array is one channel; a 3-D array with its last axis of length <= 4 is channels-last
-    (RGB/RGBA as Pillow reads it), otherwise channels-first. Use the same function at inference.
-    """
-    a = np.asarray(arr, dtype=np.float32)
-    if a.ndim == 2:
-        a = a[None]
-    elif a.ndim == 3 and a.shape[-1] <= 4 and a.shape[0] > 4:
-        a = np.moveaxis(a, -1, 0)
-    elif a.ndim != 3:
-        raise ValueError(f"an image must be (H, W), (H, W, C) or (C, H, W), got {a.shape}")
-    mean = a.mean(axis=(1, 2), keepdims=True)
-    std = a.std(axis=(1, 2), keepdims=True)
-    return ((a - mean) / np.maximum(std, 1e-6)).astype(np.float32)
+    """float32 ``(C, H, W)`` pixels normalised exactly as ``unet-fast segment`` normalises them
+    (:func:`unet_fast.image_io.normalise`), so a trained model sees the same input scale at
+    inference."""
+    return normalise(to_chw(np.asarray(arr)))
 
 
 @dataclass
