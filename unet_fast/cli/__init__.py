@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["info"]
+SUBCOMMANDS = ["segment", "train", "info"]
 
 
 class CliError(Exception):
