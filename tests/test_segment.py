@@ -106,6 +106,11 @@ def test_outputs_and_3d_input() -> None:
     labels = uf.segment(ref, image, output="labels")
     assert labels.dtype == torch.int64 and labels.shape == (21, 34)
     assert torch.equal(labels, logits.argmax(0))
+    assert torch.equal(uf.segment(ref, image, output="probs"), probs)
+    binary, _ = make_models(num_classes=1, base_channels=4, depth=2)
+    logit = uf.segment(binary, image)
+    torch.testing.assert_close(uf.segment(binary, image, output="probs"), logit.sigmoid())
+    assert torch.equal(uf.segment(binary, image, output="labels"), (logit[0] > 0).long())
     empty = uf.segment(ref, torch.randn(0, 1, 9, 9))
     assert empty.shape == (0, 3, 9, 9)
 

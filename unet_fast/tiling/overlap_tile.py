@@ -14,7 +14,7 @@ from ..ops.tiling import MIRROR_MODES, extract_tiles, stitch_tiles
 from .geometry import AxisPlan, plan_axis, window_candidates
 from .memory import default_memory_budget, estimate_tile_bytes
 
-OUTPUTS = ("logits", "probabilities", "labels")
+OUTPUTS = ("logits", "probs", "probabilities", "labels")
 BLENDS = ("gaussian", "constant", "margin")
 # flips of test-time augmentation, as dims of a (B, C, H, W) tile batch; each is its own inverse
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
@@ -168,8 +168,9 @@ def segment(model: torch.nn.Module, image: torch.Tensor, *,
         memory_budget: bytes for the tile batches' working memory, weights and the full-size
             result excluded. Default: half the free GPU memory, or on the CPU a quarter of the
             available RAM up to 2 GiB.
-        output: ``"logits"`` / ``"probabilities"`` (softmax): ``(N, K, H, W)`` float32;
-            ``"labels"``: ``(N, H, W)`` int64.
+        output: ``"logits"`` / ``"probs"`` (alias ``"probabilities"``; softmax over the
+            classes, sigmoid for a one-class model): ``(N, K, H, W)`` float32; ``"labels"``:
+            ``(N, H, W)`` int64 (argmax, or logit > 0 for a one-class model).
         tta: average the logits over horizontal, vertical and both flips (batched together).
         mirror_mode: ``"reflect"`` or ``"symmetric"``, as in ``numpy.pad``.
         blend: for same-padding models, ``"gaussian"``, ``"constant"`` or ``"margin"``.
@@ -250,10 +251,13 @@ def segment(model: torch.nn.Module, image: torch.Tensor, *,
 
 
 def _finish(out: torch.Tensor, output: str, squeeze: bool) -> torch.Tensor:
-    if output == "probabilities":
-        # in place: the full-size result is the largest tensor of the run
-        out.sub_(out.amax(1, keepdim=True)).exp_()
-        out.div_(out.sum(1, keepdim=True))
+    # in place where possible: the full-size result is the largest tensor of the run
+    if output in ("probs", "probabilities"):
+        if out.shape[1] == 1:
+            out.sigmoid_()
+        else:
+            out.sub_(out.amax(1, keepdim=True)).exp_()
+            out.div_(out.sum(1, keepdim=True))
     elif output == "labels":
-        out = out.argmax(1)
+        out = (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
     return out.squeeze(0) if squeeze else out
