@@ -29,10 +29,13 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be turned into a model; the message is one line."""
 
 
-def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+def save(model: torch.nn.Module, path: str | os.PathLike[str], *,
+         extra: dict[str, Any] | None = None) -> None:
     """Write ``model``'s config and weights (``unet_fast.UNet`` or ``reference.UNet``) to ``path``.
 
     Tensors are saved as they are (dtype kept) but moved to the CPU, so the file loads anywhere.
+    ``extra`` adds more top-level entries (plain containers and tensors only, e.g. the trainer's
+    resume state); :func:`load` ignores them.
     """
     config = getattr(model, "config", None)
     if not isinstance(config, UNetConfig):
@@ -41,6 +44,10 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(),
                "state_dict": state}
+    clash = set(extra or ()) & set(payload)
+    if clash:
+        raise ValueError(f"extra entries may not replace {sorted(clash)}")
+    payload.update(extra or {})
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from .. import checkpoint as ckpt_format
 from .. import reference
-from .._atomic import atomic_path
 from ..config import UNetConfig
 
 
@@ -21,13 +19,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, trainer_state: dict[str,
     """Write ``model``'s config and weights (and the trainer state, for resuming) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    payload: dict[str, Any] = {"format": ckpt_format.FORMAT, "version": ckpt_format.VERSION,
-                               "config": model.config.to_dict(), "state_dict": state}
-    if trainer_state is not None:
-        payload["trainer"] = trainer_state
-    with atomic_path(path) as tmp:  # never leave a half-written checkpoint behind
-        torch.save(payload, tmp)
+    # never leaves a half-written checkpoint behind (atomic write)
+    ckpt_format.save(model, path, extra=None if trainer_state is None else {"trainer": trainer_state})
     return path
 
 
