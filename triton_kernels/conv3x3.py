@@ -40,7 +40,6 @@ def conv3x3_kernel(
     y_ptr, y_sn, y_sh, y_sw, y_sc, H_out, W_out,
     p_ptr, p_sn, p_sh, p_sw, p_sc,
     hw_ptr, hb_ptr, NUM_CLASSES,
-    tiles_w, tiles_per_image,
     PAD: tl.constexpr, HAS_X2: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
     POOL: tl.constexpr, HEAD: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -50,6 +49,9 @@ def conv3x3_kernel(
     QUARTER: tl.constexpr = BLOCK_M // 4
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    # derived here, not passed, so that autotuning may change the tile shape
+    tiles_w = tl.cdiv(W_out, BLOCK_W)
+    tiles_per_image = tl.cdiv(H_out, BLOCK_H) * tiles_w
     n = (pid_m // tiles_per_image).to(tl.int64)
     tile = pid_m % tiles_per_image
     ty0 = (tile // tiles_w) * BLOCK_H
@@ -147,20 +149,38 @@ def conv_output_size(n: int, padding: int) -> int:
     return n + 2 * padding - 2
 
 
-def _tile_config(c_out: int, head: bool) -> dict[str, int]:
+def _block_n(c_out: int, head: bool) -> int:
     if head:
-        block_n = max(16, next_pow2(c_out))
-    else:
-        block_n = min(32 if INTERPRET else 128, max(16, next_pow2(c_out)))
-    if INTERPRET:
-        # One small config: the interpreter's cost grows with the tile, not the launch count.
-        return {"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_N": block_n, "BLOCK_K": 16,
-                "num_warps": 1, "num_stages": 1}
-    block_k = int(os.environ.get("UNET_FAST_CONV_BLOCK_K", "32"))
-    # A wide fused-head tile keeps all of C_out in registers: halve M to stay under the limit.
-    block_h = 4 if block_n > 128 else 8
-    return {"BLOCK_H": block_h, "BLOCK_W": 16, "BLOCK_N": block_n, "BLOCK_K": block_k,
-            "num_warps": 8 if block_n >= 128 else 4, "num_stages": 3}
+        return max(16, next_pow2(c_out))
+    return min(32 if INTERPRET else 128, max(16, next_pow2(c_out)))
+
+
+# Interpreter: one small config; its cost grows with the number of programs, not the tile size.
+_INTERPRET_CONFIG = {"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_K": 16, "num_warps": 1, "num_stages": 1}
+
+# GPU: a few sane shapes (M tile = BLOCK_H x BLOCK_W output pixels, all even for the pool
+# epilogue); BLOCK_N is fixed by the launcher (the fused head needs all of C_out in one tile).
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_H": 16, "BLOCK_W": 16, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_H": 4, "BLOCK_W": 16, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_H": 4, "BLOCK_W": 16, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+]
+
+AUTOTUNE = not INTERPRET and os.environ.get("UNET_FAST_AUTOTUNE", "1") != "0"
+
+conv3x3_kernel_autotuned = triton.autotune(
+    configs=_GPU_CONFIGS,
+    key=["C1", "C2", "C_out", "H_out", "W_out", "PAD", "HAS_X2", "POOL", "HEAD", "BLOCK_N"],
+)(conv3x3_kernel)
+
+
+def default_kernel():
+    """The kernel the launcher runs by default: autotuned on a GPU, plain under the interpreter
+    (or with ``UNET_FAST_AUTOTUNE=0``, which uses the first GPU config)."""
+    return conv3x3_kernel_autotuned if AUTOTUNE else conv3x3_kernel
 
 
 def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -207,17 +227,27 @@ def conv3x3_launch(
     """
     if out.numel() == 0:
         return
-    kernel = conv3x3_kernel if kernel is None else kernel
+    kernel = default_kernel() if kernel is None else kernel
     n, c1 = x.shape[:2]
     in_h, in_w = in_hw if in_hw is not None else x.shape[2:]
     h_out, w_out = conv_output_size(in_h, padding), conv_output_size(in_w, padding)
     c2 = x2.shape[1] if x2 is not None else 0
     c_out = weight.shape[1]
     head = head_weight is not None
-    cfg = _tile_config(c_out, head)
-    bh, bw, bn = cfg["BLOCK_H"], cfg["BLOCK_W"], cfg["BLOCK_N"]
-    tiles_h, tiles_w = triton.cdiv(h_out, bh), triton.cdiv(w_out, bw)
-    grid = (n * tiles_h * tiles_w, triton.cdiv(c_out, bn))
+    block_n = _block_n(c_out, head)
+    if INTERPRET:
+        meta = dict(_INTERPRET_CONFIG)
+    elif not AUTOTUNE:
+        cfg = _GPU_CONFIGS[0]
+        meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    else:
+        meta = {}
+
+    def grid(m):
+        m = {**m, **meta}
+        return (n * triton.cdiv(h_out, m["BLOCK_H"]) * triton.cdiv(w_out, m["BLOCK_W"]),
+                triton.cdiv(c_out, block_n))
+
     (oy1, ox1), (oy2, ox2) = offsets
     src2 = x2 if x2 is not None else x
     p = pooled if pooled is not None else out
@@ -230,12 +260,11 @@ def conv3x3_launch(
         p, *_nhwc_strides(p),
         head_weight if head else weight, head_bias if head_bias is not None else weight,
         num_classes,
-        tiles_w, tiles_h * tiles_w,
         PAD=padding, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, RELU=relu,
         POOL=pooled is not None, HEAD=head,
         PRECISION=dot_precision(x.dtype, allow_tf32),
-        BLOCK_CLS=max(16, next_pow2(num_classes)),
-        **cfg,
+        BLOCK_N=block_n, BLOCK_CLS=max(16, next_pow2(num_classes)),
+        **meta,
     )
 
 

@@ -78,7 +78,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pa
     """``relu(conv2d(x, W, bias, padding))`` with a packed ``W`` (:func:`pack_conv3x3_weight`)."""
     out = _conv3x3_fake(x, weight, bias, padding, relu, allow_tf32)
     _conv.conv3x3_launch(x, weight, bias, out, padding=padding, relu=relu,
-                         allow_tf32=allow_tf32, kernel=wrap_triton(_conv.conv3x3_kernel))
+                         allow_tf32=allow_tf32, kernel=wrap_triton(_conv.default_kernel()))
     return out
 
 
@@ -96,7 +96,7 @@ def conv3x3_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """``y = relu(conv2d(x, W, bias, padding))`` and ``max_pool2d(y, 2)`` in one pass."""
     out, pooled = _conv3x3_pool_fake(x, weight, bias, padding, allow_tf32)
     _conv.conv3x3_launch(x, weight, bias, out, padding=padding, pooled=pooled,
-                         allow_tf32=allow_tf32, kernel=wrap_triton(_conv.conv3x3_kernel))
+                         allow_tf32=allow_tf32, kernel=wrap_triton(_conv.default_kernel()))
     return out, pooled
 
 
@@ -123,7 +123,7 @@ def conv3x3_cat(skip: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
                                              padding == 1)
     _conv.conv3x3_launch(skip, weight, bias, out, padding=padding, relu=relu, x2=up,
                          in_hw=in_hw, offsets=(off_s, off_u), allow_tf32=allow_tf32,
-                         kernel=wrap_triton(_conv.conv3x3_kernel))
+                         kernel=wrap_triton(_conv.default_kernel()))
     return out
 
 
@@ -157,7 +157,7 @@ def conv3x3_head(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     out = _conv3x3_head_fake(x, weight, bias, head_weight, head_bias, padding, allow_tf32)
     _conv.conv3x3_launch(x, weight, bias, out, padding=padding, head_weight=head_weight,
                          head_bias=head_bias, allow_tf32=allow_tf32,
-                         kernel=wrap_triton(_conv.conv3x3_kernel))
+                         kernel=wrap_triton(_conv.default_kernel()))
     return out
 
 
