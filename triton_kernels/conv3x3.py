@@ -33,6 +33,35 @@ from ._common import INTERPRET, dot_precision, next_pow2
 
 
 @triton.jit
+def _accumulate_source(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, n,
+                       w_ptr, w_row0, c_in, co, n_ok, C_out,
+                       PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``acc += im2col(source) @ W[rows of this source]`` for one source's channels.
+
+    ``(sy, sx)`` are the output pixels already moved into this source's coordinates. The
+    (tap, channel-block) loop is flattened into one loop so the compiler can software-pipeline
+    the loads across taps, not only across the few channel blocks of one tap.
+    """
+    kk = tl.arange(0, BLOCK_K)
+    blocks = tl.cdiv(C, BLOCK_K)
+    img = src_ptr + n * s_n
+    for it in range(0, 9 * blocks):
+        tap = it // blocks
+        c = (it % blocks) * BLOCK_K + kk
+        iy = sy + (tap // 3 - PAD)
+        ix = sx + (tap % 3 - PAD)
+        ok = m_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        c_ok = c < C
+        pix = iy.to(tl.int64) * s_h + ix.to(tl.int64) * s_w
+        a = tl.load(img + pix[:, None] + c[None, :] * s_c, mask=ok[:, None] & c_ok[None, :],
+                    other=0.0)
+        w = tl.load(w_ptr + (tap * c_in + w_row0 + c)[:, None] * C_out + co[None, :],
+                    mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def conv3x3_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy1, ox1,
     x2_ptr, x2_sn, x2_sh, x2_sw, x2_sc, C2, H2, W2, oy2, ox2,
@@ -69,38 +98,16 @@ def conv3x3_kernel(
     m_ok = (oy < H_out) & (ox < W_out)
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = co < C_out
-    kk = tl.arange(0, BLOCK_K)
     c_in = C1 + C2
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in range(9):
-        ky = tap // 3 - PAD
-        kx = tap % 3 - PAD
-        iy = oy + ky + oy1
-        ix = ox + kx + ox1
-        ok = m_ok & (iy >= 0) & (iy < H1) & (ix >= 0) & (ix < W1)
-        base = x_ptr + n * x_sn + iy.to(tl.int64) * x_sh + ix.to(tl.int64) * x_sw
-        for c0 in range(0, C1, BLOCK_K):
-            c = c0 + kk
-            c_ok = c < C1
-            a = tl.load(base[:, None] + c[None, :] * x_sc, mask=ok[:, None] & c_ok[None, :],
-                        other=0.0)
-            w = tl.load(w_ptr + (tap * c_in + c)[:, None] * C_out + co[None, :],
-                        mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = tl.dot(a, w, acc, input_precision=PRECISION)
-        if HAS_X2:
-            iy2 = oy + ky + oy2
-            ix2 = ox + kx + ox2
-            ok2 = m_ok & (iy2 >= 0) & (iy2 < H2) & (ix2 >= 0) & (ix2 < W2)
-            base2 = x2_ptr + n * x2_sn + iy2.to(tl.int64) * x2_sh + ix2.to(tl.int64) * x2_sw
-            for c0 in range(0, C2, BLOCK_K):
-                c = c0 + kk
-                c_ok = c < C2
-                a = tl.load(base2[:, None] + c[None, :] * x2_sc,
-                            mask=ok2[:, None] & c_ok[None, :], other=0.0)
-                w = tl.load(w_ptr + (tap * c_in + C1 + c)[:, None] * C_out + co[None, :],
-                            mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-                acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    acc = _accumulate_source(acc, x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy + oy1, ox + ox1,
+                             m_ok, n, w_ptr, 0, c_in, co, n_ok, C_out,
+                             PAD, PRECISION, BLOCK_K)
+    if HAS_X2:
+        acc = _accumulate_source(acc, x2_ptr, x2_sn, x2_sh, x2_sw, x2_sc, C2, H2, W2, oy + oy2,
+                                 ox + ox2, m_ok, n, w_ptr, C1, c_in, co, n_ok, C_out,
+                                 PAD, PRECISION, BLOCK_K)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=n_ok, other=0.0).to(tl.float32)[None, :]
