@@ -74,6 +74,15 @@ def test_fast_model_matches_reference_fp32(padding, norm, upsample, shape):
     assert rel_l2(y, expected) <= 1e-5
 
 
+def test_unfused_pool_gives_the_same_results():
+    _, fast = make_models("same", "batch", "transpose")
+    x = torch.randn(1, 3, 13, 14, device=DEVICE)
+    with torch.inference_mode():
+        unfused = CudaTritonBackend(fuse_pool=False).forward(fast, x)
+    # same math; not bitwise, as the pool epilogue orders the GEMM rows differently
+    torch.testing.assert_close(run_fast(fast, x), unfused, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("padding,upsample", [("same", "transpose"), ("same", "bilinear")])
 def test_fast_model_half(padding, upsample):
     ref, fast = make_models(padding, None, upsample)

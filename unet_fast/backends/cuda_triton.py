@@ -109,9 +109,18 @@ def allow_tf32_for(dtype: torch.dtype) -> bool:
 
 
 class CudaTritonBackend:
-    """The GPU inference backend (see the module docstring)."""
+    """The GPU inference backend (see the module docstring).
+
+    Args:
+        fuse_pool: write the 2x2 max-pool from the encoder convolution's epilogue (default); with
+            False a standalone ``maxpool2x2`` kernel runs after it instead (same numbers; for
+            debugging and for comparing the two on a GPU).
+    """
 
     name = "cuda-triton"
+
+    def __init__(self, fuse_pool: bool = True) -> None:
+        self.fuse_pool = fuse_pool
 
     def supports(self, model: UNet, x: torch.Tensor) -> bool:
         last_c_out = model.decoder[-1].conv2.out_channels
@@ -133,7 +142,11 @@ class CudaTritonBackend:
         skips = []
         for c1, c2 in packed.encoder:
             x = ops.conv3x3(x, c1.weight, c1.bias, c1.padding, True, tf32)
-            skip, x = ops.conv3x3_pool(x, c2.weight, c2.bias, c2.padding, tf32)
+            if self.fuse_pool:
+                skip, x = ops.conv3x3_pool(x, c2.weight, c2.bias, c2.padding, tf32)
+            else:
+                skip = ops.conv3x3(x, c2.weight, c2.bias, c2.padding, True, tf32)
+                x = ops.maxpool2x2(skip)
             skips.append(skip)
         c1, c2 = packed.bottleneck
         x = ops.conv3x3(x, c1.weight, c1.bias, c1.padding, True, tf32)
