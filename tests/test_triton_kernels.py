@@ -1,5 +1,8 @@
 """Every Triton kernel (through its torch.ops.unet_fast op) against its plain-torch reference.
 
+bf16 under the interpreter upcasts the tl.dot operands (see triton_kernels/_common.py); on a GPU
+the same cases run the real bf16 tensor-core path.
+
 Runs on CPU through TRITON_INTERPRET=1 (set by conftest when there is no GPU), on the GPU
 otherwise. Shapes are small and odd, channel counts not multiples of 16.
 """
@@ -20,7 +23,7 @@ from unet_fast.reference import join_skip
 
 pytestmark = needs_triton
 
-F32, F16 = torch.float32, torch.float16
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
 
 def rand(*shape, dtype=F32, scale=1.0):
@@ -40,6 +43,7 @@ CONV_CASES = [
     (F16, 1, 1, "cl", 5, 7, 9, 11),
     (F16, 0, 3, "strided", 18, 9, 7, 8),
     (F16, 1, 1, "nchw", 33, 40, 5, 7),
+    (BF16, 1, 3, "cl", 6, 10, 7, 5),
 ]
 
 
@@ -63,6 +67,7 @@ def test_conv3x3_without_bias_or_relu():
 
 @pytest.mark.parametrize("dtype,padding,batch,h,w", [
     (F32, 0, 1, 11, 13), (F32, 1, 3, 9, 10), (F16, 1, 1, 13, 7), (F16, 0, 1, 12, 12),
+    (BF16, 1, 1, 7, 9),
 ])
 def test_conv3x3_pool_epilogue(dtype, padding, batch, h, w):
     x = layout(rand(batch, 6, h, w, dtype=dtype), "cl")
@@ -81,6 +86,7 @@ CAT_CASES = [
     (F32, 1, 3, (4, 9, 7), (3, 8, 6)),
     (F16, 0, 3, (7, 12, 12), (7, 8, 8)),
     (F16, 1, 1, (6, 11, 10), (5, 10, 10)),
+    (BF16, 0, 1, (4, 9, 9), (3, 6, 6)),
 ]
 
 
@@ -95,7 +101,8 @@ def test_conv3x3_dual_source(dtype, padding, batch, skip_shape, up_shape):
     assert_matches(y, kconv.conv3x3_reference(joined, wt.double(), b.double(), padding), dtype)
 
 
-@pytest.mark.parametrize("dtype,padding,c_out,classes", [(F32, 0, 8, 2), (F16, 1, 20, 3)])
+@pytest.mark.parametrize("dtype,padding,c_out,classes", [(F32, 0, 8, 2), (F16, 1, 20, 3),
+                                                          (BF16, 1, 6, 2)])
 def test_conv3x3_head_epilogue(dtype, padding, c_out, classes):
     x = layout(rand(3, 5, 9, 8, dtype=dtype), "cl")
     wt, b = conv_weights(5, c_out, dtype)
@@ -112,7 +119,7 @@ def test_conv3x3_head_epilogue(dtype, padding, c_out, classes):
 
 @pytest.mark.parametrize("dtype,batch,kind,c_in,c_out,h,w", [
     (F32, 1, "cl", 7, 5, 5, 7), (F32, 3, "strided", 20, 9, 3, 4),
-    (F16, 1, "nchw", 17, 6, 4, 5), (F16, 3, "cl", 6, 3, 5, 3),
+    (F16, 1, "nchw", 17, 6, 4, 5), (F16, 3, "cl", 6, 3, 5, 3), (BF16, 1, "strided", 5, 4, 3, 3),
 ])
 def test_upconv2x2(dtype, batch, kind, c_in, c_out, h, w):
     x = layout(rand(batch, c_in, h, w, dtype=dtype), kind)

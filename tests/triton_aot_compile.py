@@ -44,15 +44,16 @@ def main(arch: int) -> None:
         ("fp32", "ieee", True, False, True),
     ]:
         c = {"PAD": 0, "HAS_X2": x2, "HAS_BIAS": True, "RELU": True, "POOL": pool, "HEAD": head,
-             "PRECISION": precision, "BLOCK_N": 64 if head else 128, "BLOCK_CLS": 16}
+             "PRECISION": precision, "BLOCK_N": 64 if head else 128, "BLOCK_CLS": 16,
+             "UPCAST": False}
         for cfg in conv3x3._GPU_CONFIGS[:1]:
             shared = compile_one(conv3x3.conv3x3_kernel, dtype, {**c, **cfg.kwargs}, target,
                                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             print(f"conv3x3 {dtype} {precision} pool={pool} head={head} x2={x2} "
                   f"{cfg.kwargs}: {shared} B shared")
     compile_one(upconv.upconv2x2_kernel, "bf16",
-                {"HAS_BIAS": True, "PRECISION": "ieee", "BLOCK_M": 128, "BLOCK_N": 128,
-                 "BLOCK_K": 32}, target, num_warps=8, num_stages=3)
+                {"HAS_BIAS": True, "PRECISION": "ieee", "UPCAST": False, "BLOCK_M": 128,
+                 "BLOCK_N": 128, "BLOCK_K": 32}, target, num_warps=8, num_stages=3)
     for fn in (crop_concat.crop_concat_kernel, pool_upsample.maxpool2x2_kernel,
                pool_upsample.upsample_bilinear2x_kernel):
         compile_one(fn, "fp16", {"BLOCK": 1024}, target)

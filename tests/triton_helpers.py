@@ -43,12 +43,14 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 def assert_matches(y: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype) -> None:
     """``y`` (computed in ``dtype``) against a float64 reference of the same computation.
 
-    fp32: the DESIGN.md bound, <= 1e-5 relative L2. fp16: every element within a few fp16 ulps
+    fp32: the DESIGN.md bound, <= 1e-5 relative L2. fp16/bf16: every element within a few ulps
     of the exact result (the kernel rounds once from an fp32 accumulator).
     """
     assert y.shape == ref64.shape, (y.shape, ref64.shape)
     assert y.dtype == dtype
     if dtype == torch.float32:
         assert rel_l2(y, ref64) <= 1e-5
-    else:
+    elif dtype == torch.float16:
         torch.testing.assert_close(y.double(), ref64, rtol=4e-3, atol=4e-3)
+    else:
+        torch.testing.assert_close(y.double(), ref64, rtol=1e-2, atol=1e-2)

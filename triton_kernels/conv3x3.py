@@ -29,13 +29,20 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, dot_precision, next_pow2
+from ._common import (
+    INTERPRET,
+    dot_precision,
+    interpreter_upcast,
+    next_pow2,
+    round_to_bf16_exact,
+)
 
 
 @triton.jit
 def _accumulate_source(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, n,
                        w_ptr, w_row0, c_in, co, n_ok, C_out,
-                       PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                       PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
+                       UPCAST: tl.constexpr):
     """``acc += im2col(source) @ W[rows of this source]`` for one source's channels.
 
     ``(sy, sx)`` are the output pixels already moved into this source's coordinates. The
@@ -57,6 +64,9 @@ def _accumulate_source(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, 
                     other=0.0)
         w = tl.load(w_ptr + (tap * c_in + w_row0 + c)[:, None] * C_out + co[None, :],
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
     return acc
 
@@ -72,7 +82,7 @@ def conv3x3_kernel(
     PAD: tl.constexpr, HAS_X2: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
     POOL: tl.constexpr, HEAD: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_CLS: tl.constexpr,
+    BLOCK_CLS: tl.constexpr, UPCAST: tl.constexpr = False,
 ):
     BLOCK_M: tl.constexpr = BLOCK_H * BLOCK_W
     QUARTER: tl.constexpr = BLOCK_M // 4
@@ -103,17 +113,19 @@ def conv3x3_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = _accumulate_source(acc, x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy + oy1, ox + ox1,
                              m_ok, n, w_ptr, 0, c_in, co, n_ok, C_out,
-                             PAD, PRECISION, BLOCK_K)
+                             PAD, PRECISION, BLOCK_K, UPCAST)
     if HAS_X2:
         acc = _accumulate_source(acc, x2_ptr, x2_sn, x2_sh, x2_sw, x2_sc, C2, H2, W2, oy + oy2,
                                  ox + ox2, m_ok, n, w_ptr, C1, c_in, co, n_ok, C_out,
-                                 PAD, PRECISION, BLOCK_K)
+                                 PAD, PRECISION, BLOCK_K, UPCAST)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
     # Round to the storage dtype once, as an unfused network would between layers.
+    if UPCAST:
+        acc = round_to_bf16_exact(acc)
     out = acc.to(y_ptr.dtype.element_ty)
 
     if HEAD:
@@ -121,8 +133,13 @@ def conv3x3_kernel(
         j_ok = j < NUM_CLASSES
         hw = tl.load(hw_ptr + co[:, None] * NUM_CLASSES + j[None, :],
                      mask=n_ok[:, None] & j_ok[None, :], other=0.0)
-        logits = tl.dot(out, hw, input_precision=PRECISION)
+        if UPCAST:
+            logits = tl.dot(out.to(tl.float32), hw.to(tl.float32), input_precision=PRECISION)
+        else:
+            logits = tl.dot(out, hw, input_precision=PRECISION)
         logits += tl.load(hb_ptr + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+        if UPCAST:
+            logits = round_to_bf16_exact(logits)
         y_off = n * y_sn + oy.to(tl.int64)[:, None] * y_sh + ox.to(tl.int64)[:, None] * y_sw
         tl.store(y_ptr + y_off + j[None, :] * y_sc, logits.to(y_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & j_ok[None, :])
@@ -269,7 +286,7 @@ def conv3x3_launch(
         num_classes,
         PAD=padding, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, RELU=relu,
         POOL=pooled is not None, HEAD=head,
-        PRECISION=dot_precision(x.dtype, allow_tf32),
+        PRECISION=dot_precision(x.dtype, allow_tf32), UPCAST=interpreter_upcast(x.dtype),
         BLOCK_N=block_n, BLOCK_CLS=max(16, next_pow2(num_classes)),
         **meta,
     )

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET
+from ._common import INTERPRET, interpreter_upcast, round_to_bf16_exact
 
 
 @triton.jit
@@ -40,7 +40,7 @@ def maxpool2x2_kernel(
 def upsample_bilinear2x_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc, C, H_in, W_in,
     y_ptr, y_sn, y_sh, y_sw, y_sc, H, W, total, scale_h, scale_w,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, FIX_BF16: tl.constexpr = False,
 ):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = i < total
@@ -63,6 +63,8 @@ def upsample_bilinear2x_kernel(
     v10 = tl.load(base + y1 * x_sh + x0 * x_sw, mask=ok, other=0.0).to(tl.float32)
     v11 = tl.load(base + y1 * x_sh + x1 * x_sw, mask=ok, other=0.0).to(tl.float32)
     v = (1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11)
+    if FIX_BF16:
+        v = round_to_bf16_exact(v)
     tl.store(y_ptr + n * y_sn + y * y_sh + x * y_sw + c * y_sc, v.to(y_ptr.dtype.element_ty),
              mask=ok)
 
@@ -98,7 +100,7 @@ def upsample_bilinear2x_launch(x: torch.Tensor, out: torch.Tensor, kernel=None) 
         x, x.stride(0), x.stride(2), x.stride(3), x.stride(1), c, h_in, w_in,
         out, out.stride(0), out.stride(2), out.stride(3), out.stride(1), h, w, total,
         scale_h, scale_w,
-        BLOCK=_block(),
+        BLOCK=_block(), FIX_BF16=interpreter_upcast(x.dtype),
     )
 
 

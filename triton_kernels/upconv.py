@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, dot_precision
+from ._common import INTERPRET, dot_precision, interpreter_upcast, round_to_bf16_exact
 
 
 @triton.jit
@@ -21,7 +21,7 @@ def upconv2x2_kernel(
     w_ptr, b_ptr, C_out,
     y_ptr, y_sn, y_sh, y_sw, y_sc,
     num_pixels,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -46,6 +46,9 @@ def upconv2x2_kernel(
                     other=0.0)
         w = tl.load(w_ptr + c[:, None] * n4 + j[None, :], mask=c_ok[:, None] & j_ok[None, :],
                     other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
 
     tap = j // C_out
@@ -55,6 +58,8 @@ def upconv2x2_kernel(
     oy = 2 * iy[:, None] + (tap // 2)[None, :]
     ox = 2 * ix[:, None] + (tap % 2)[None, :]
     off = n[:, None] * y_sn + oy.to(tl.int64) * y_sh + ox.to(tl.int64) * y_sw + co[None, :] * y_sc
+    if UPCAST:
+        acc = round_to_bf16_exact(acc)
     tl.store(y_ptr + off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
@@ -84,7 +89,8 @@ def upconv2x2_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         weight, bias if bias is not None else weight, c_out,
         out, out.stride(0), out.stride(2), out.stride(3), out.stride(1),
         pixels,
-        HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype, allow_tf32), **cfg,
+        HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype, allow_tf32),
+        UPCAST=interpreter_upcast(x.dtype), **cfg,
     )
 
 
