@@ -154,7 +154,7 @@ def test_weights_packed_once_and_refreshed_after_change():
 
 
 def test_registered_for_cuda_without_importing_triton():
-    code = ("import sys, unet_fast; "
+    code = ("import sys, unet_fast, unet_fast.ops; "
             "assert 'triton' not in sys.modules, 'triton imported at import time'; "
             "assert 'cuda-triton' in unet_fast.dispatch.registered_backends('cuda'); "
             "print('ok')")
