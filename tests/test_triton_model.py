@@ -68,6 +68,10 @@ def test_fast_model_matches_reference_fp32(padding, norm, upsample, shape):
     ref, fast = make_models(padding, norm, upsample)
     n, h, w = shape
     x = torch.randn(n, 3, h, w, device=DEVICE)
+    if n == 3:
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif upsample == "bilinear":
+        x = torch.randn(n, 3, h, 2 * w, device=DEVICE)[..., ::2]  # non-contiguous view
     y = run_fast(fast, x)
     expected = reference64(ref, x)
     assert y.dtype == torch.float32 and y.shape == expected.shape and y.is_contiguous()
@@ -133,7 +137,9 @@ def test_forward_dispatches_only_unet_fast_kernels():
         "unet_fast.upconv2x2.default",
     ]
     assert len(kernels) == 2 * 2 + 2 + 2 * 3  # encoder, bottleneck, decoder (up, cat, conv)
-    nested = {e.name for e in prof.events()}
+    # aten ops only: on a GPU the profiler also lists runtime calls, not operators
+    nested = {e.name for e in prof.events() if e.name.startswith("aten::")}
+    assert nested, "the profiler recorded no operators"
     for name in (*top, *nested):
         if name.startswith("unet_fast"):
             continue
