@@ -188,3 +188,9 @@ def test_fake_implementations_launch_nothing():
         assert head.shape == (2, 2, 9, 7) and head.is_contiguous()
         assert torch.ops.unet_fast.upconv2x2(x, torch.empty(3, 8), None, False).shape == (
             2, 2, 18, 14)
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="CPU tensors are valid under the interpreter")
+def test_cpu_tensor_without_interpreter_is_a_clear_error():
+    with pytest.raises(ValueError, match="need CUDA tensors"):
+        fused.maxpool2x2(torch.randn(1, 2, 4, 4))

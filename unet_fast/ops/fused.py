@@ -24,6 +24,7 @@ from unet_fast.triton_kernels import conv3x3 as _conv
 from unet_fast.triton_kernels import crop_concat as _cc
 from unet_fast.triton_kernels import pool_upsample as _pu
 from unet_fast.triton_kernels import upconv as _up
+from unet_fast.triton_kernels._common import INTERPRET
 
 _CL = torch.channels_last
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -55,6 +56,12 @@ def _check_packed(x_channels: int, weight: torch.Tensor, bias: torch.Tensor | No
             raise ValueError(f"bias must have C_out={weight.shape[1]} entries, got {bias.shape[0]}")
 
 
+def _check_device(x: torch.Tensor) -> None:
+    if x.device.type != "cuda" and not (INTERPRET and x.device.type == "cpu"):
+        raise ValueError(f"the Triton kernels need CUDA tensors (or CPU tensors with "
+                         f"TRITON_INTERPRET=1), got a tensor on {x.device}")
+
+
 def _out_hw(hw: tuple[int, int], padding: int) -> tuple[int, int]:
     if padding not in (0, 1):
         raise ValueError(f"padding must be 0 (valid) or 1 (same), got {padding}")
@@ -76,6 +83,7 @@ def _conv3x3_fake(x, weight, bias, padding, relu, allow_tf32):
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
             relu: bool, allow_tf32: bool) -> torch.Tensor:
     """``relu(conv2d(x, W, bias, padding))`` with a packed ``W`` (:func:`pack_conv3x3_weight`)."""
+    _check_device(x)
     out = _conv3x3_fake(x, weight, bias, padding, relu, allow_tf32)
     _conv.conv3x3_launch(x, weight, bias, out, padding=padding, relu=relu,
                          allow_tf32=allow_tf32, kernel=wrap_triton(_conv.default_kernel()))
@@ -94,6 +102,7 @@ def _conv3x3_pool_fake(x, weight, bias, padding, allow_tf32):
 def conv3x3_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
                  allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = relu(conv2d(x, W, bias, padding))`` and ``max_pool2d(y, 2)`` in one pass."""
+    _check_device(x)
     out, pooled = _conv3x3_pool_fake(x, weight, bias, padding, allow_tf32)
     _conv.conv3x3_launch(x, weight, bias, out, padding=padding, pooled=pooled,
                          allow_tf32=allow_tf32, kernel=wrap_triton(_conv.default_kernel()))
@@ -118,6 +127,7 @@ def conv3x3_cat(skip: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
                 allow_tf32: bool) -> torch.Tensor:
     """``conv3x3(join_skip(skip, up, same=padding == 1), ...)`` without materialising the join:
     the skip is read center-cropped (valid) and ``up`` as if zero-padded to the skip (same)."""
+    _check_device(skip)
     out = _conv3x3_cat_fake(skip, up, weight, bias, padding, relu, allow_tf32)
     in_hw, off_s, off_u = _conv.join_offsets(tuple(skip.shape[2:]), tuple(up.shape[2:]),
                                              padding == 1)
@@ -154,6 +164,7 @@ def conv3x3_head(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     ``head_weight`` is ``[C_out, num_classes]`` (:func:`pack_head_weight`); C_out <= 256.
     Returns contiguous NCHW logits; the 3x3 output is never written to memory.
     """
+    _check_device(x)
     out = _conv3x3_head_fake(x, weight, bias, head_weight, head_bias, padding, allow_tf32)
     _conv.conv3x3_launch(x, weight, bias, out, padding=padding, head_weight=head_weight,
                          head_bias=head_bias, allow_tf32=allow_tf32,
@@ -180,6 +191,7 @@ def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
               allow_tf32: bool) -> torch.Tensor:
     """``conv_transpose2d(x, W, bias, stride=2)`` for a 2x2 kernel, ``W`` packed
     ``[C_in, 4 * C_out]`` (:func:`pack_upconv_weight`)."""
+    _check_device(x)
     out = _upconv2x2_fake(x, weight, bias, allow_tf32)
     _up.upconv2x2_launch(x, weight, bias, out, allow_tf32=allow_tf32,
                          kernel=wrap_triton(_up.upconv2x2_kernel))
@@ -200,6 +212,7 @@ def _crop_concat_fake(skip, up, same):
 def crop_concat(skip: torch.Tensor, up: torch.Tensor, same: bool) -> torch.Tensor:
     """``join_skip(skip, up, same)``: ``cat([center-cropped skip, up])`` (valid) or
     ``cat([skip, zero-padded up])`` (same), in one pass."""
+    _check_device(skip)
     out = _crop_concat_fake(skip, up, same)
     _, off_s, off_u = _conv.join_offsets(tuple(skip.shape[2:]), tuple(up.shape[2:]), same)
     _cc.crop_concat_launch(skip, up, out, (off_s, off_u),
@@ -215,6 +228,7 @@ def _maxpool2x2_fake(x):
 @triton_op("unet_fast::maxpool2x2", mutates_args=())
 def maxpool2x2(x: torch.Tensor) -> torch.Tensor:
     """``max_pool2d(x, 2)`` (floor mode)."""
+    _check_device(x)
     out = _maxpool2x2_fake(x)
     _pu.maxpool2x2_launch(x, out, kernel=wrap_triton(_pu.maxpool2x2_kernel))
     return out
@@ -228,6 +242,7 @@ def _upsample_bilinear2x_fake(x):
 @triton_op("unet_fast::upsample_bilinear2x", mutates_args=())
 def upsample_bilinear2x(x: torch.Tensor) -> torch.Tensor:
     """``interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)``."""
+    _check_device(x)
     out = _upsample_bilinear2x_fake(x)
     _pu.upsample_bilinear2x_launch(x, out, kernel=wrap_triton(_pu.upsample_bilinear2x_kernel))
     return out
