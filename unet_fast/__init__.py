@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import reference, sizes
 from .backends.cpu_onednn import CpuOneDNNBackend
+from .backends.cuda_triton import CudaTritonBackend
 from .checkpoint import CheckpointError, load, save
 from .config import UNetConfig
 from .dispatch import register_backend, select_backend
@@ -18,6 +19,8 @@ from .tiling import segment
 __version__ = "0.1.0"
 
 register_backend("cpu", CpuOneDNNBackend())
+# Lazy: Triton is imported on the first CUDA forward, never at import time.
+register_backend("cuda", CudaTritonBackend())
 
 __all__ = [
     "CheckpointError",
