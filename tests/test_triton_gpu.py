@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from triton_helpers import INTERPRET, rel_l2
+from .triton_helpers import INTERPRET, rel_l2
 
 import unet_fast
 from unet_fast import reference

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from triton_helpers import DEVICE, needs_triton, rel_l2
+from .triton_helpers import DEVICE, needs_triton, rel_l2
 
 import unet_fast
 from unet_fast import reference

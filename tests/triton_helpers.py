@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from .helpers import rel_l2  # noqa: F401  (re-exported for the Triton test modules)
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Interpreter: CPU tensors; otherwise the compiled kernels need CUDA tensors.
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -32,12 +34,6 @@ def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
             memory_format=torch.channels_last)
         return view
     raise ValueError(kind)
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative L2 error of ``a`` against ``b`` (computed in float64)."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def assert_matches(y: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype) -> None:
