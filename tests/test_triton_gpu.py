@@ -11,10 +11,11 @@ import copy
 
 import pytest
 import torch
-from .triton_helpers import INTERPRET, rel_l2
 
 import unet_fast
 from unet_fast import reference
+
+from .triton_helpers import INTERPRET, rel_l2
 
 pytestmark = [
     pytest.mark.gpu,

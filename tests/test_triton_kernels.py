@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from .triton_helpers import DEVICE, assert_matches, layout, needs_triton
 from unet_fast.triton_kernels import conv3x3 as kconv
 from unet_fast.triton_kernels import crop_concat as kcc
 from unet_fast.triton_kernels import pool_upsample as kpu
@@ -20,6 +19,8 @@ from unet_fast.triton_kernels import upconv as kup
 
 from unet_fast.ops import fused
 from unet_fast.reference import join_skip
+
+from .triton_helpers import DEVICE, assert_matches, layout, needs_triton
 
 pytestmark = needs_triton
 

@@ -13,11 +13,12 @@ import sys
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from .triton_helpers import DEVICE, needs_triton, rel_l2
 
 import unet_fast
 from unet_fast import reference
 from unet_fast.backends.cuda_triton import CudaTritonBackend
+
+from .triton_helpers import DEVICE, needs_triton, rel_l2
 
 pytestmark = needs_triton
 BACKEND = CudaTritonBackend()

@@ -7,11 +7,12 @@ import sys
 
 import pytest
 import torch
-from .triton_helpers import DEVICE, needs_triton
 from unet_fast.triton_kernels.conv3x3 import pack_conv3x3_weight, pack_head_weight
 from unet_fast.triton_kernels.upconv import pack_upconv_weight
 
 from unet_fast.ops import fused
+
+from .triton_helpers import DEVICE, needs_triton
 
 pytestmark = needs_triton
 

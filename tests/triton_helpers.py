@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from .helpers import rel_l2  # noqa: F401  (re-exported for the Triton test modules)
+from .helpers import rel_l2  # shared with the CPU tests
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Interpreter: CPU tensors; otherwise the compiled kernels need CUDA tensors.
