@@ -37,7 +37,8 @@ def native_extension():
 
 
 setup(
-    packages=["unet_fast", "unet_fast.backends", "unet_fast.cli", "unet_fast.ops", "unet_fast.triton_kernels"],
+    packages=["unet_fast", "unet_fast.backends", "unet_fast.benchmark", "unet_fast.cli", "unet_fast.ops",
+              "unet_fast.triton_kernels"],
     package_dir={"unet_fast.triton_kernels": "triton_kernels"},
     ext_modules=[native_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["info"]
+SUBCOMMANDS = ["info", "bench"]
 
 
 class CliError(Exception):
