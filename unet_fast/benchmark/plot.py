@@ -34,7 +34,7 @@ def write_plot(result: dict, path: Path) -> None:
         ax_t.set_title(f"{case}, batch {batch}", loc="left", fontsize=10)
         ax_p.barh(names, [r["images_per_s"] for r in rows], color=colors)
         ax_p.invert_yaxis()
-        ax_p.set_yticklabels([])
+        ax_p.tick_params(labelleft=False)
         ax_p.set_xlabel("throughput, images/s")
     if not groups:
         axes[0][0].text(0.5, 0.5, "no successful rows", ha="center")
