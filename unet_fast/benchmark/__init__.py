@@ -58,6 +58,11 @@ def check_options(opts: BenchOptions) -> None:
 
 
 def list_rows(device: str) -> str:
+    """The row names, precisions and descriptions of ``device`` ("auto": this machine's)."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return "\n".join(f"{r.name:28s} {r.precision:5s} {r.description}" for r in all_rows(device))
 
 
@@ -66,11 +71,11 @@ def main(argv: list[str] | None = None, default_out_dir: str = "benchmarks/resul
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n")[0])
     add_arguments(parser, default_out_dir)
     args = parser.parse_args(argv)
+    if args.list_rows:  # works for --device cuda on a machine without one
+        print(list_rows(args.device))
+        return 0
     try:
         opts = resolve_options(args)
-        if args.list_rows:
-            print(list_rows(opts.device))
-            return 0
         check_options(opts)
     except ValueError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

@@ -115,6 +115,7 @@ def run_row(spec: RowSpec, case: Case, batch: int, inputs: list[torch.Tensor],
             row["first_call_s"] = time.perf_counter() - t0
             if spec.cuda_graph:
                 call = capture_graph(call, inputs[0])
+                row["notes"].append("timed call = copy into the static input + graph replay")
 
             if device == "cuda":
                 stats = time_cuda(call, inputs, opts.repeats, opts.warmup)

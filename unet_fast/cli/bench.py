@@ -22,11 +22,11 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark import check_options, list_rows, resolve_options
     from ..benchmark import run as run_benchmark
 
+    if args.list_rows:
+        print(list_rows(args.device))
+        return 0
     try:
         opts = resolve_options(args)
-        if args.list_rows:
-            print(list_rows(opts.device))
-            return 0
         check_options(opts)
     except ValueError as e:
         raise CliError(str(e)) from None
