@@ -179,6 +179,10 @@ def test_row_selection_and_gpu_rows_are_complete():
         assert f"unet_fast-{prec}" in names and f"unet_fast-{prec}-graph" in names
     picked = select_rows("cuda", ["unet_fast*"], ["bf16"])
     assert [r.name for r in picked] == ["unet_fast-bf16", "unet_fast-bf16-graph"]
+    kept = [r.name for r in select_rows("cuda", ["!compile*", "!*-graph"], ["bf16", "fp16"])]
+    assert kept == ["eager-cl-bf16", "eager-cl-fp16", "unet_fast-bf16", "unet_fast-fp16"]
+    with pytest.raises(ValueError, match="matches no cuda row"):
+        select_rows("cuda", ["!nothing*"], ["bf16"])
     assert all(r.cuda_graph == r.name.endswith("graph") for r in cuda_rows())
 
 

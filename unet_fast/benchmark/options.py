@@ -83,8 +83,9 @@ def add_arguments(p: argparse.ArgumentParser, default_out_dir: str = "benchmarks
     p.add_argument("--dtypes", type=_str_list, default=None,
                    help=f"precisions to run, from {','.join(PRECISIONS)} (default: all)")
     p.add_argument("--rows", type=_str_list, default=None,
-                   help="implementations to run: comma list of row names or fnmatch patterns "
-                        "(e.g. 'eager*,unet_fast-bf16'); see --list-rows")
+                   help="implementations to run: comma list of row names or fnmatch patterns, "
+                        "'!pattern' to leave rows out (e.g. 'eager*,unet_fast-bf16' or "
+                        "'!compile-max-autotune*'); see --list-rows")
     p.add_argument("--list-rows", action="store_true", help="list the rows of this device and exit")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke run: tiny network and sizes, 2 repeats, no torch.compile")

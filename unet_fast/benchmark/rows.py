@@ -94,15 +94,20 @@ def all_rows(device: str) -> list[RowSpec]:
 
 
 def select_rows(device: str, patterns: list[str] | None, dtypes: list[str]) -> list[RowSpec]:
-    """Rows of ``device`` matching any of ``patterns`` (fnmatch over names; None: all) whose
-    precision is in ``dtypes``; raises ValueError for a pattern that matches no row."""
+    """Rows of ``device`` whose precision is in ``dtypes`` and whose name matches any of
+    ``patterns`` (fnmatch; None or only exclusions: all) and no ``!pattern`` exclusion; raises
+    ValueError for a pattern that matches no row."""
     rows = all_rows(device)
-    if patterns:
-        for pat in patterns:
-            if not any(fnmatch.fnmatchcase(r.name, pat) for r in rows):
-                raise ValueError(f"--rows {pat!r} matches no {device} row; valid: "
-                                 + ", ".join(r.name for r in rows))
-        rows = [r for r in rows if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+    patterns = patterns or []
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(r.name, pat.removeprefix("!")) for r in rows):
+            raise ValueError(f"--rows {pat!r} matches no {device} row; valid: "
+                             + ", ".join(r.name for r in rows))
+    include = [p for p in patterns if not p.startswith("!")]
+    exclude = [p[1:] for p in patterns if p.startswith("!")]
+    if include:
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(r.name, p) for p in include)]
+    rows = [r for r in rows if not any(fnmatch.fnmatchcase(r.name, p) for p in exclude)]
     return [r for r in rows if r.precision in dtypes]
 
 
