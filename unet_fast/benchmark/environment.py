@@ -69,7 +69,7 @@ def environment(device: str) -> dict:
         "device_name": device_name(device),
         "slug": device_slug(device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "hostname_cpu": cpu_name(),
+        "host_cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -86,7 +86,8 @@ def run_row(spec: RowSpec, case: Case, batch: int, inputs: list[torch.Tensor],
     module = call = None
     try:
         with row_flags(spec) as flags:
-            row["settings"] = flags
+            # the cuDNN/TF32 flags mean nothing to the CPU rows
+            row["settings"] = flags if device == "cuda" else {"threads": torch.get_num_threads()}
             module = build_module(spec, case.config, state, device)
             if spec.fast:
                 row["backend"] = _backend_name(module, spec, inputs[0][:1], device)
