@@ -52,6 +52,10 @@ def test_quick_run_schema(quick_run):
     assert doc["ceilings"]["matmul_fp32"]["tflops"] > 0
     assert doc["ceilings"]["matmul_bf16"]["tflops"] > 0
     assert doc["ceilings"]["copy"]["gbps"] > 0
+    # measured before and after the rows; the better one is the peak
+    fp32 = doc["ceilings"]["matmul_fp32"]
+    assert len(fp32["measured"]) == 2 and fp32["tflops"] == max(fp32["measured"])
+    assert isinstance(doc["notes"], list)
     keys = [c["key"] for c in doc["cases"]]
     assert keys == ["paper-188", "paper-image-96", "same-64"]
     assert all(c["flops_per_image"] > 0 for c in doc["cases"])

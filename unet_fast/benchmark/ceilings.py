@@ -85,3 +85,14 @@ def measure_ceilings(device: str, quick: bool = False) -> dict:
     except Exception as e:
         out["copy"] = {"gbps": None, "error": f"{type(e).__name__}: {e}"}
     return out
+
+
+def best_ceilings(first: dict, second: dict) -> dict:
+    """Per ceiling, the better of two measurements (start and end of a run), both kept."""
+    out = {}
+    for key in first.keys() | second.keys():
+        a, b = first.get(key, {}), second.get(key, {})
+        rate = "gbps" if key == "copy" else "tflops"
+        best = max((a, b), key=lambda m: m.get(rate) or 0.0)
+        out[key] = dict(best, measured=[a.get(rate), b.get(rate)])
+    return dict(sorted(out.items()))
