@@ -1,6 +1,7 @@
 """The device's own ceilings, measured in the same run as the rows: large matrix products per
 precision (the arithmetic roof) and a large copy (the memory roof, bytes read + written). Random
-operands, never zeros. Each ceiling is the rate of the fastest timed call (median kept beside)."""
+operands, never zeros. Each ceiling is the rate of the fastest timed call (median kept beside).
+On the CPU the matmul ceiling is the better of torch.mm and the same GEMM through oneDNN."""
 
 from __future__ import annotations
 
@@ -44,6 +45,28 @@ def _matmul(device: str, dtype: torch.dtype, n: int, tf32: bool, repeats: int | 
             "repeats": stats["repeats"]}
 
 
+def _gemm_onednn(dtype: torch.dtype, n: int, repeats: int | None) -> dict:
+    """The same GEMM shape class through oneDNN (a 1x1 convolution, channels_last): on CPUs where
+    the BLAS torch.mm uses is slow (MKL on AMD), this is the rate the convolutions really see."""
+    gen = torch.Generator().manual_seed(2)
+    pixels = 64 * 64
+    cl = torch.channels_last
+    xs = [torch.randn(1, n, 64, 64, generator=gen).to(dtype).contiguous(memory_format=cl)
+          for _ in range(2)]
+    w = torch.randn(n, n, 1, 1, generator=gen).to(dtype).contiguous(memory_format=cl)
+
+    def conv(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.nn.functional.conv2d(x, w)
+
+    stats = time_cpu(conv, xs, repeats or 5, 1)
+    flop = 2 * pixels * n * n
+    return {"tflops": flop / (stats["min_ms"] * 1e-3) / 1e12,
+            "tflops_median": flop / (stats["median_ms"] * 1e-3) / 1e12,
+            "shape": [pixels, n, n], "min_ms": stats["min_ms"], "median_ms": stats["median_ms"],
+            "repeats": stats["repeats"]}
+
+
 def _copy(device: str, nbytes: int, repeats: int | None) -> dict:
     n = nbytes // 4
     src = [torch.randn(n, device=device) for _ in range(2)]
@@ -72,7 +95,15 @@ def measure_ceilings(device: str, quick: bool = False) -> dict:
     out: dict = {}
     for key, dtype, tf32 in plan:
         try:
-            out[key] = _matmul(device, dtype, n, tf32, 2 if quick else None)
+            out[key] = dict(_matmul(device, dtype, n, tf32, 2 if quick else None), via="torch.mm")
+            if device == "cpu" and torch.backends.mkldnn.is_available():
+                gemm = _gemm_onednn(dtype, n, 2 if quick else None)
+                out[key]["torch_mm_tflops"] = out[key]["tflops"]
+                out[key]["onednn_gemm_tflops"] = gemm["tflops"]
+                if gemm["tflops"] > out[key]["tflops"]:
+                    out[key] = dict(gemm, via="oneDNN 1x1 convolution (GEMM)",
+                                    torch_mm_tflops=out[key]["tflops"],
+                                    onednn_gemm_tflops=gemm["tflops"])
         except Exception as e:  # a dtype the device lacks: say so, keep going
             out[key] = {"tflops": None, "error": f"{type(e).__name__}: {e}"}
         print(f"[ceiling] {key}: " + (f"{out[key]['tflops']:.3f} TFLOP/s" if out[key].get(
