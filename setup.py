@@ -8,9 +8,9 @@ uses the torch already installed instead of downloading another one.
 import glob
 import os
 
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,8 +37,7 @@ def native_extension():
 
 
 setup(
-    packages=["unet_fast", "unet_fast.backends", "unet_fast.benchmark", "unet_fast.cli", "unet_fast.ops",
-              "unet_fast.triton_kernels"],
+    packages=[*find_packages(include=["unet_fast", "unet_fast.*"]), "unet_fast.triton_kernels"],
     package_dir={"unet_fast.triton_kernels": "triton_kernels"},
     ext_modules=[native_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

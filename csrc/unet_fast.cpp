@@ -1,5 +1,6 @@
 // The one schema file of the native library: every op of the unet_fast namespace is declared
-// here; cpu/ and cuda/ register implementations with TORCH_LIBRARY_IMPL.
+// here; cpu/ and cuda/ register implementations with TORCH_LIBRARY_IMPL, and unet_fast/ops
+// registers the fake (meta) implementations used by torch.compile.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -12,4 +13,21 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(unet_fast, m) {}
+TORCH_LIBRARY(unet_fast, m) {
+  // Tiling (overlap-tile segmentation). `mode` is "reflect" or "symmetric" (numpy.pad's modes,
+  // pads larger than the image fold back and forth). Images are (N, C, H, W) with any strides
+  // (channels_last included). `origins` is a (T, 3) int64 tensor of (batch, y0, x0) rows on the
+  // image's device: (y0, x0) is a tile's top-left corner in coordinates of the unpadded image.
+
+  // pad = (top, bottom, left, right); the output keeps the input's memory format.
+  m.def("mirror_pad(Tensor image, int[4] pad, str mode) -> Tensor");
+  // (T, C, tile_h, tile_w) gathered straight from the unpadded image: tile t is the window of
+  // image origins[t, 0] at (origins[t, 1], origins[t, 2]) of its mirror extension.
+  m.def(
+      "extract_tiles(Tensor image, Tensor origins, int tile_h, int tile_w, str mode, "
+      "bool channels_last) -> Tensor");
+  // Writes tiles (T, K, th, tw) into out (N, K, H, W) at the origins, clipped to out: exact
+  // placement (out = tile) without weight, weighted accumulation (out += tile * weight) with a
+  // (th, tw) weight map. Tiles are applied in order, so the result is deterministic.
+  m.def("stitch_tiles(Tensor(a!) out, Tensor tiles, Tensor origins, Tensor? weight) -> ()");
+}

@@ -7,22 +7,33 @@ from __future__ import annotations
 
 from . import reference, sizes
 from .backends.cpu_onednn import CpuOneDNNBackend
+from .backends.cuda_triton import CudaTritonBackend
+from .checkpoint import CheckpointError, load, save
 from .config import UNetConfig
 from .dispatch import register_backend, select_backend
 from .flops import forward_flops
+from .milesial import from_milesial
 from .model import UNet
+from .tiling import segment
 
 __version__ = "0.1.0"
 
 register_backend("cpu", CpuOneDNNBackend())
+# Lazy: Triton is imported on the first CUDA forward, never at import time.
+register_backend("cuda", CudaTritonBackend())
 
 __all__ = [
+    "CheckpointError",
     "UNet",
     "UNetConfig",
+    "__version__",
     "forward_flops",
+    "from_milesial",
+    "load",
     "reference",
     "register_backend",
+    "save",
+    "segment",
     "select_backend",
     "sizes",
-    "__version__",
 ]

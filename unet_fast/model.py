@@ -59,6 +59,12 @@ class UNet(reference.UNet):
             return x.new_empty((0, self.config.num_classes, h, w), dtype=dtype)
         return select_backend(self, x).forward(self, x)
 
+    def segment(self, image: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Overlap-tile segmentation of an image of any size: :func:`unet_fast.segment`."""
+        from .tiling import segment  # tiling imports the model's package; keep import lazy
+
+        return segment(self, image, **kwargs)
+
     def backend_name(self, x: torch.Tensor) -> str:
         """Name of the backend :meth:`forward` would use for ``x`` in the current context."""
         return select_backend(self, x).name

@@ -9,8 +9,8 @@ Parameter names (the ``state_dict`` contract shared with :class:`unet_fast.UNet`
     head                                           the final 1x1 convolution
 
 With ``upsample="bilinear"`` the channel plan is the one of the popular PyTorch U-Net
-(milesial/Pytorch-UNet, ``bilinear=True``): the bottleneck outputs half its width, the up-sampling
-has no weights (bilinear, ``align_corners=True``), and each decoder block's first convolution
+(milesial/Pytorch-UNet, ``bilinear=True``): the bottleneck keeps the width of the level above it,
+the up-sampling has no weights (bilinear, ``align_corners=True``), and each decoder block's first convolution
 halves the concatenated channels. Concatenation order is always ``[cropped skip, up-sampled]``.
 """
 
@@ -123,7 +123,7 @@ class UNet(nn.Module):
             for i in range(depth)
         )
         bottom = C(depth) if upsample == "transpose" else C(depth) // 2
-        self.bottleneck = DoubleConv(C(depth - 1), C(depth), bottom, pad, norm)
+        self.bottleneck = DoubleConv(C(depth - 1), bottom, bottom, pad, norm)
         self.dropout = nn.Dropout(dropout)
         blocks, up_ch = [], bottom
         for i in reversed(range(depth)):
@@ -147,6 +147,6 @@ class UNet(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)
         x = self.dropout(self.bottleneck(x))
-        for block, skip in zip(self.decoder, reversed(skips)):
+        for block, skip in zip(self.decoder, reversed(skips), strict=True):
             x = block(x, skip)
         return self.head(x)

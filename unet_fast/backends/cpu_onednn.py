@@ -123,7 +123,7 @@ class CpuOneDNNBackend:
             x = F.max_pool2d(x, 2)
         c1, c2 = packed.bottleneck
         x = _conv(_conv(x, c1, True), c2, True)
-        for (up, c1, c2), skip in zip(packed.decoder, reversed(skips)):
+        for (up, c1, c2), skip in zip(packed.decoder, reversed(skips), strict=True):
             if up is not None:
                 x = F.conv_transpose2d(x, up.weight, up.bias, stride=2)
             else:

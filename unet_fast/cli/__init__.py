@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["info", "bench"]
+SUBCOMMANDS = ["segment", "train", "bench", "info"]
 
 
 class CliError(Exception):

@@ -35,8 +35,20 @@ def run(args: argparse.Namespace) -> int:
         ("native extension (unet_fast._C)", "loaded" if native_available() else "MISSING"),
         ("cpu backends", ", ".join(registered_backends("cpu")) or "reference only"),
         ("cuda backends", ", ".join(registered_backends("cuda")) or "reference only"),
+        ("image I/O", _image_io_versions()),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _image_io_versions() -> str:
+    """Versions of the readers ``unet-fast segment`` uses (PNG via Pillow, TIFF via tifffile)."""
+    parts = []
+    for module, label in (("PIL", "Pillow"), ("tifffile", "tifffile")):
+        try:
+            parts.append(f"{label} {__import__(module).__version__}")
+        except ImportError:
+            parts.append(f"{label} MISSING")
+    return ", ".join(parts)

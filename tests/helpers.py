@@ -1,0 +1,44 @@
+"""Test helpers: model pairs with non-trivial weights, error metrics."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import unet_fast
+from unet_fast import reference
+
+
+def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = None) -> None:
+    """Give every BatchNorm non-trivial statistics and affine parameters (folding must matter)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5, generator=generator)
+                m.running_var.uniform_(0.5, 2.0, generator=generator)
+                m.weight.uniform_(0.5, 1.5, generator=generator)
+                m.bias.normal_(0, 0.2, generator=generator)
+
+
+def make_pair(**kw) -> tuple[reference.UNet, unet_fast.UNet]:
+    """A float64 reference (eval) and a float32 fast model holding the same weights."""
+    ref = reference.UNet(**kw)
+    randomize_batchnorm_(ref)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.bias is not None:
+                m.bias.normal_(0, 0.1)
+    ref = ref.double().eval()
+    fast = unet_fast.UNet(**kw).eval()
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 error of ``a`` against the reference ``b``."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def label_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.argmax(1) == b.argmax(1)).double().mean().item()

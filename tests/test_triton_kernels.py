@@ -1,0 +1,196 @@
+"""Every Triton kernel (through its torch.ops.unet_fast op) against its plain-torch reference.
+
+bf16 under the interpreter upcasts the tl.dot operands (see triton_kernels/_common.py); on a GPU
+the same cases run the real bf16 tensor-core path.
+
+Runs on CPU through TRITON_INTERPRET=1 (set by conftest when there is no GPU), on the GPU
+otherwise. Shapes are small and odd, channel counts not multiples of 16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from triton_helpers import DEVICE, assert_matches, layout, needs_triton
+from unet_fast.triton_kernels import conv3x3 as kconv
+from unet_fast.triton_kernels import crop_concat as kcc
+from unet_fast.triton_kernels import pool_upsample as kpu
+from unet_fast.triton_kernels import upconv as kup
+
+from unet_fast.ops import fused
+from unet_fast.reference import join_skip
+
+pytestmark = needs_triton
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+
+def rand(*shape, dtype=F32, scale=1.0):
+    return (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype).to(DEVICE)
+
+
+def conv_weights(c_in, c_out, dtype):
+    w = rand(c_out, c_in, 3, 3, dtype=dtype, scale=(2.0 / (9 * c_in)) ** 0.5)
+    return w, rand(c_out, dtype=dtype, scale=0.1)
+
+
+# (dtype, padding, batch, layout, C_in, C_out, H, W)
+CONV_CASES = [
+    (F32, 0, 1, "cl", 5, 7, 9, 11),
+    (F32, 1, 3, "nchw", 3, 17, 7, 6),
+    (F32, 0, 1, "strided", 20, 33, 6, 9),
+    (F16, 1, 1, "cl", 5, 7, 9, 11),
+    (F16, 0, 3, "strided", 18, 9, 7, 8),
+    (F16, 1, 1, "nchw", 33, 40, 5, 7),
+    (BF16, 1, 3, "cl", 6, 10, 7, 5),
+]
+
+
+@pytest.mark.parametrize("dtype,padding,batch,kind,c_in,c_out,h,w", CONV_CASES)
+def test_conv3x3(dtype, padding, batch, kind, c_in, c_out, h, w):
+    x = layout(rand(batch, c_in, h, w, dtype=dtype), kind)
+    wt, b = conv_weights(c_in, c_out, dtype)
+    y = fused.conv3x3(x, kconv.pack_conv3x3_weight(wt), b, padding, True, False)
+    ref = kconv.conv3x3_reference(x.double(), wt.double(), b.double(), padding)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_matches(y, ref, dtype)
+
+
+def test_conv3x3_without_bias_or_relu():
+    x = rand(1, 4, 6, 5)
+    wt, _ = conv_weights(4, 6, F32)
+    y = fused.conv3x3(x, kconv.pack_conv3x3_weight(wt), None, 1, False, False)
+    assert (y < 0).any()  # no ReLU applied
+    assert_matches(y, kconv.conv3x3_reference(x.double(), wt.double(), None, 1, relu=False), F32)
+
+
+@pytest.mark.parametrize("dtype,padding,batch,h,w", [
+    (F32, 0, 1, 11, 13), (F32, 1, 3, 9, 10), (F16, 1, 1, 13, 7), (F16, 0, 1, 12, 12),
+    (BF16, 1, 1, 7, 9),
+])
+def test_conv3x3_pool_epilogue(dtype, padding, batch, h, w):
+    x = layout(rand(batch, 6, h, w, dtype=dtype), "cl")
+    wt, b = conv_weights(6, 19, dtype)
+    y, p = fused.conv3x3_pool(x, kconv.pack_conv3x3_weight(wt), b, padding, False)
+    ref = kconv.conv3x3_reference(x.double(), wt.double(), b.double(), padding)
+    assert_matches(y, ref, dtype)
+    # the pool of the stored output, exactly (max commutes with the rounding)
+    torch.testing.assert_close(p, kpu.maxpool2x2_reference(y), rtol=0, atol=0)
+
+
+# (dtype, padding, batch, skip C/H/W, up C/H/W): valid crops the skip (odd difference
+# included), same zero-pads up (odd skip sizes, as after a floor-mode pool)
+CAT_CASES = [
+    (F32, 0, 1, (5, 14, 15), (6, 8, 10)),
+    (F32, 1, 3, (4, 9, 7), (3, 8, 6)),
+    (F16, 0, 3, (7, 12, 12), (7, 8, 8)),
+    (F16, 1, 1, (6, 11, 10), (5, 10, 10)),
+    (BF16, 0, 1, (4, 9, 9), (3, 6, 6)),
+]
+
+
+@pytest.mark.parametrize("dtype,padding,batch,skip_shape,up_shape", CAT_CASES)
+def test_conv3x3_dual_source(dtype, padding, batch, skip_shape, up_shape):
+    skip = layout(rand(batch, *skip_shape, dtype=dtype), "cl")
+    up = layout(rand(batch, *up_shape, dtype=dtype), "strided" if batch == 3 else "nchw")
+    c_in = skip_shape[0] + up_shape[0]
+    wt, b = conv_weights(c_in, 11, dtype)
+    y = fused.conv3x3_cat(skip, up, kconv.pack_conv3x3_weight(wt), b, padding, True, False)
+    joined = join_skip(skip.double(), up.double(), padding == 1)
+    assert_matches(y, kconv.conv3x3_reference(joined, wt.double(), b.double(), padding), dtype)
+
+
+@pytest.mark.parametrize("dtype,padding,c_out,classes", [(F32, 0, 8, 2), (F16, 1, 20, 3),
+                                                          (BF16, 1, 6, 2)])
+def test_conv3x3_head_epilogue(dtype, padding, c_out, classes):
+    x = layout(rand(3, 5, 9, 8, dtype=dtype), "cl")
+    wt, b = conv_weights(5, c_out, dtype)
+    hw = rand(classes, c_out, 1, 1, dtype=dtype, scale=c_out ** -0.5)
+    hb = rand(classes, dtype=dtype)
+    y = fused.conv3x3_head(x, kconv.pack_conv3x3_weight(wt), b, kconv.pack_head_weight(hw), hb,
+                           padding, False)
+    assert y.is_contiguous()
+    hidden = kconv.conv3x3_reference(x.double(), wt.double(), b.double(), padding)
+    # the hidden activation is rounded to the compute dtype, as between two unfused layers
+    ref = F.conv2d(hidden.to(dtype).double(), hw.double(), hb.double())
+    assert_matches(y, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype,batch,kind,c_in,c_out,h,w", [
+    (F32, 1, "cl", 7, 5, 5, 7), (F32, 3, "strided", 20, 9, 3, 4),
+    (F16, 1, "nchw", 17, 6, 4, 5), (F16, 3, "cl", 6, 3, 5, 3), (BF16, 1, "strided", 5, 4, 3, 3),
+])
+def test_upconv2x2(dtype, batch, kind, c_in, c_out, h, w):
+    x = layout(rand(batch, c_in, h, w, dtype=dtype), kind)
+    wt = rand(c_in, c_out, 2, 2, dtype=dtype, scale=c_in ** -0.5)
+    b = rand(c_out, dtype=dtype, scale=0.1)
+    y = fused.upconv2x2(x, kup.pack_upconv_weight(wt), b, False)
+    assert_matches(y, kup.upconv2x2_reference(x.double(), wt.double(), b.double()), dtype)
+
+
+@pytest.mark.parametrize("dtype,same,skip_shape,up_shape", [
+    (F32, False, (5, 13, 12), (3, 8, 7)), (F16, True, (4, 9, 11), (6, 8, 10)),
+    (F32, True, (3, 6, 6), (3, 6, 6)),
+])
+def test_crop_concat(dtype, same, skip_shape, up_shape):
+    skip = layout(rand(3, *skip_shape, dtype=dtype), "strided")
+    up = layout(rand(3, *up_shape, dtype=dtype), "cl")
+    y = fused.crop_concat(skip, up, same)
+    torch.testing.assert_close(y, kcc.crop_concat_reference(skip, up, same), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype,kind", [(F32, "strided"), (F16, "cl")])
+def test_maxpool_and_bilinear(dtype, kind):
+    x = layout(rand(3, 5, 7, 9, dtype=dtype), kind)
+    torch.testing.assert_close(fused.maxpool2x2(x), kpu.maxpool2x2_reference(x), rtol=0, atol=0)
+    y = fused.upsample_bilinear2x(x)
+    assert_matches(y, kpu.upsample_bilinear2x_reference(x.double()), dtype)
+
+
+def test_empty_batch():
+    x = rand(0, 3, 6, 6)
+    wt, b = conv_weights(3, 4, F32)
+    assert fused.conv3x3(x, kconv.pack_conv3x3_weight(wt), b, 0, True, False).shape == (0, 4, 4, 4)
+    assert fused.maxpool2x2(x).shape == (0, 3, 3, 3)
+
+
+def test_clear_errors():
+    x = rand(1, 3, 6, 6)
+    wt, b = conv_weights(3, 4, F32)
+    packed = kconv.pack_conv3x3_weight(wt)
+    with pytest.raises(TypeError, match=r"x must be float32, float16 or bfloat16"):
+        fused.conv3x3(x.double(), packed, b, 0, True, False)
+    with pytest.raises(TypeError, match=r"weight is torch\.float16"):
+        fused.conv3x3(x, packed.half(), b, 0, True, False)
+    with pytest.raises(ValueError, match=r"packed \[9 \* C_in, C_out\]"):
+        fused.conv3x3(x, wt, b, 0, True, False)
+    with pytest.raises(ValueError, match="padding must be 0"):
+        fused.conv3x3(x, packed, b, 2, True, False)
+    with pytest.raises(ValueError, match="too small"):
+        fused.conv3x3(rand(1, 3, 2, 6), packed, b, 0, True, False)
+    with pytest.raises(ValueError, match="at least up's"):
+        fused.crop_concat(rand(1, 2, 4, 4), rand(1, 2, 6, 6), False)
+
+
+def test_fake_implementations_launch_nothing():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 3, 9, 7)
+        y, p = torch.ops.unet_fast.conv3x3_pool(x, torch.empty(27, 5), None, 0, False)
+        assert y.shape == (2, 5, 7, 5) and p.shape == (2, 5, 3, 2)
+        cat = torch.ops.unet_fast.conv3x3_cat(torch.empty(2, 4, 11, 11), torch.empty(2, 3, 8, 8),
+                                              torch.empty(63, 6), None, 0, True, False)
+        assert cat.shape == (2, 6, 6, 6)
+        head = torch.ops.unet_fast.conv3x3_head(x, torch.empty(27, 5), None, torch.empty(5, 2),
+                                                None, 1, False)
+        assert head.shape == (2, 2, 9, 7) and head.is_contiguous()
+        assert torch.ops.unet_fast.upconv2x2(x, torch.empty(3, 8), None, False).shape == (
+            2, 2, 18, 14)
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="CPU tensors are valid under the interpreter")
+def test_cpu_tensor_without_interpreter_is_a_clear_error():
+    with pytest.raises(ValueError, match="need CUDA tensors"):
+        fused.maxpool2x2(torch.randn(1, 2, 4, 4))

@@ -1,0 +1,45 @@
+"""Small helpers shared by the kernel launchers."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Read once: the interpreter path picks single small tile configs (see each launcher).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (and >= 1)."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """``tl.dot`` input precision: TF32 only for fp32 operands when PyTorch would allow it."""
+    return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
+
+
+def interpreter_upcast(dtype: torch.dtype) -> bool:
+    """Whether the bf16 work-arounds for the interpreter apply (only bf16 under the interpreter).
+
+    The interpreter multiplies bf16 ``tl.dot`` operands as raw bits and truncates fp32 -> bf16
+    casts; the kernels then upcast the dot operands to fp32 (products of bf16 values are exact
+    in fp32) and round explicitly (:func:`round_to_bf16_exact`), so the rest of the bf16 path
+    (loads, accumulation, rounding, stores) is tested on the CPU. Compiled kernels never take it.
+    """
+    return INTERPRET and dtype == torch.bfloat16
+
+
+@triton.jit
+def round_to_bf16_exact(x):
+    """fp32 ``x`` rounded to the nearest bf16 value (ties to even), still as fp32.
+
+    Needed only under the interpreter, whose fp32 -> bf16 cast truncates; a following ``.to(bf16)``
+    is then exact. (NaN/Inf are not special-cased: the interpreter tests feed finite values.)
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + 0x7FFF + ((bits >> 16) & 1)
+    return (bits & 0xFFFF0000).to(tl.float32, bitcast=True)

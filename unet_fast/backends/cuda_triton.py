@@ -1,0 +1,197 @@
+"""GPU inference through the project's Triton kernels only (no aten convolution, no aten cat).
+
+The forward is: per encoder level one ``conv3x3`` and one ``conv3x3_pool`` (the second conv writes
+the skip and the pooled map in one pass); the bottleneck's two ``conv3x3``; per decoder level an
+``upconv2x2`` (or ``upsample_bilinear2x``), a ``conv3x3_cat`` that reads the cropped skip and the
+up-sampled map directly, and a ``conv3x3`` -- the last one being ``conv3x3_head``, which applies
+the final 1x1 convolution in its epilogue. Activations stay NHWC; weights are BatchNorm-folded and
+packed once per (device, dtype) in ``model.weight_cache``.
+
+Precision follows PyTorch: the compute dtype is autocast's or the parameters'; fp32 uses TF32 when
+``torch.backends.cudnn.allow_tf32`` is set (as cuDNN convolutions do); accumulation is fp32.
+
+Importing this module does not import Triton (that happens on the first forward), so registering
+the backend at ``import unet_fast`` time costs nothing and touches no GPU. The forward also runs
+on CPU tensors under ``TRITON_INTERPRET=1``, which is how the CPU test suite exercises it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..dispatch import compute_dtype
+from ..packing import FoldedConv, fold_conv
+
+if TYPE_CHECKING:
+    from ..model import UNet
+
+_CL = torch.channels_last
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The fused head holds the last conv's whole C_out in one tile.
+MAX_HEAD_CHANNELS = 256
+
+
+@dataclass(frozen=True)
+class PackedConv3x3:
+    """A BatchNorm-folded 3x3 convolution in the GEMM layout ``[9 * C_in, C_out]``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    padding: int
+
+
+@dataclass(frozen=True)
+class PackedUpconv:
+    """A 2x2 stride-2 up-convolution in the GEMM layout ``[C_in, 4 * C_out]``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class PackedTritonUNet:
+    encoder: list[tuple[PackedConv3x3, PackedConv3x3]]
+    bottleneck: tuple[PackedConv3x3, PackedConv3x3]
+    decoder: list[tuple[PackedUpconv | None, PackedConv3x3, PackedConv3x3]]
+    head_weight: torch.Tensor
+    head_bias: torch.Tensor
+
+
+@cache
+def triton_available() -> bool:
+    """Whether Triton is installed (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _pack3x3(folded: FoldedConv) -> PackedConv3x3:
+    from ..triton_kernels.conv3x3 import pack_conv3x3_weight
+
+    return PackedConv3x3(pack_conv3x3_weight(folded.weight), folded.bias.contiguous(),
+                         folded.padding)
+
+
+def pack(model: UNet, dtype: torch.dtype) -> PackedTritonUNet:
+    """Fold BatchNorm into every conv of ``model`` and pack the weights for the kernels."""
+    from ..triton_kernels.conv3x3 import pack_head_weight
+    from ..triton_kernels.upconv import pack_upconv_weight
+
+    def pair(block):
+        return (_pack3x3(fold_conv(block.conv1, block.norm1, dtype)),
+                _pack3x3(fold_conv(block.conv2, block.norm2, dtype)))
+
+    decoder = []
+    for block in model.decoder:
+        up = None
+        if block.up is not None:
+            up = PackedUpconv(pack_upconv_weight(block.up.weight.detach().to(dtype)),
+                              block.up.bias.detach().to(dtype).contiguous()
+                              if block.up.bias is not None else None)
+        decoder.append((up, *pair(block)))
+    head = fold_conv(model.head, nn.Identity(), dtype)
+    return PackedTritonUNet(
+        encoder=[pair(b) for b in model.encoder],
+        bottleneck=pair(model.bottleneck),
+        decoder=decoder,
+        head_weight=pack_head_weight(head.weight),
+        head_bias=head.bias.contiguous(),
+    )
+
+
+def allow_tf32_for(dtype: torch.dtype) -> bool:
+    """Whether an fp32 convolution may use TF32, by PyTorch's own rule for convolutions."""
+    return dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
+class CudaTritonBackend:
+    """The GPU inference backend (see the module docstring).
+
+    Args:
+        fuse_pool: write the 2x2 max-pool from the encoder convolution's epilogue (default); with
+            False a standalone ``maxpool2x2`` kernel runs after it instead (same numbers; for
+            debugging and for comparing the two on a GPU).
+        cuda_graphs: capture the whole forward in a CUDA graph per (input shape, dtype, TF32
+            setting) and replay it; removes the ~25 kernel launches' CPU overhead, which
+            dominates at batch 1. Graphs live in ``model.weight_cache`` (so they are rebuilt when
+            the weights change) and each holds its own activation memory. Off by default.
+    """
+
+    name = "cuda-triton"
+
+    def __init__(self, fuse_pool: bool = True, cuda_graphs: bool = False) -> None:
+        self.fuse_pool = fuse_pool
+        self.cuda_graphs = cuda_graphs
+
+    def supports(self, model: UNet, x: torch.Tensor) -> bool:
+        last_c_out = model.decoder[-1].conv2.out_channels
+        return (
+            triton_available()
+            and compute_dtype(x, model.head.weight.dtype) in _DTYPES
+            and last_c_out <= MAX_HEAD_CHANNELS
+        )
+
+    def forward(self, model: UNet, x: torch.Tensor) -> torch.Tensor:
+        from ..ops import fused  # noqa: F401  (registers torch.ops.unet_fast.*)
+
+        dtype = compute_dtype(x, model.head.weight.dtype)
+        tf32 = allow_tf32_for(dtype)
+        x = x.to(dtype).contiguous(memory_format=_CL)
+        if self.cuda_graphs and x.is_cuda:
+            key = (self.name, "graph", x.device, dtype, tuple(x.shape), tf32, self.fuse_pool)
+            graph, static_x, static_y = model.weight_cache.get(
+                model, key, lambda: self._capture(model, x, dtype, tf32))
+            static_x.copy_(x)
+            graph.replay()
+            return static_y.clone()
+        return self._run(self._packed(model, x, dtype), x, tf32)
+
+    def _packed(self, model: UNet, x: torch.Tensor, dtype: torch.dtype) -> PackedTritonUNet:
+        return model.weight_cache.get(model, (self.name, x.device, dtype),
+                                      lambda: pack(model, dtype))
+
+    def _capture(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool):
+        packed = self._packed(model, x, dtype)
+        static_x = x.clone()
+        # Warm up on a side stream first: autotuning and compilation must not be captured.
+        stream = torch.cuda.Stream(x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(stream):
+            self._run(packed, static_x, tf32)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = self._run(packed, static_x, tf32)
+        return graph, static_x, static_y
+
+    def _run(self, packed: PackedTritonUNet, x: torch.Tensor, tf32: bool) -> torch.Tensor:
+        ops = torch.ops.unet_fast
+        skips = []
+        for c1, c2 in packed.encoder:
+            x = ops.conv3x3(x, c1.weight, c1.bias, c1.padding, True, tf32)
+            if self.fuse_pool:
+                skip, x = ops.conv3x3_pool(x, c2.weight, c2.bias, c2.padding, tf32)
+            else:
+                skip = ops.conv3x3(x, c2.weight, c2.bias, c2.padding, True, tf32)
+                x = ops.maxpool2x2(skip)
+            skips.append(skip)
+        c1, c2 = packed.bottleneck
+        x = ops.conv3x3(x, c1.weight, c1.bias, c1.padding, True, tf32)
+        x = ops.conv3x3(x, c2.weight, c2.bias, c2.padding, True, tf32)
+        last = len(packed.decoder) - 1
+        for i, ((up, c1, c2), skip) in enumerate(zip(packed.decoder, reversed(skips), strict=True)):
+            if up is not None:
+                x = ops.upconv2x2(x, up.weight, up.bias, tf32)
+            else:
+                x = ops.upsample_bilinear2x(x)
+            x = ops.conv3x3_cat(skip, x, c1.weight, c1.bias, c1.padding, True, tf32)
+            if i < last:
+                x = ops.conv3x3(x, c2.weight, c2.bias, c2.padding, True, tf32)
+            else:
+                x = ops.conv3x3_head(x, c2.weight, c2.bias, packed.head_weight,
+                                     packed.head_bias, c2.padding, tf32)
+        return x

@@ -1,0 +1,188 @@
+"""Checkpoints: one file holding a model's config and weights, so the file alone rebuilds it.
+
+The file is a ``torch.save`` of a plain dict (only str/int/float/None/list/dict and tensors)::
+
+    {"format": "unet_fast", "version": 1, "config": UNetConfig.to_dict(), "state_dict": {...}}
+
+and is read back with ``torch.load(weights_only=True)``: no arbitrary object is ever unpickled.
+Writes are atomic (temporary file in the same folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._atomic import atomic_path
+from .config import UNetConfig
+from .model import UNet
+
+FORMAT = "unet_fast"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be turned into a model; the message is one line."""
+
+
+def save(model: torch.nn.Module, path: str | os.PathLike[str], *,
+         extra: dict[str, Any] | None = None) -> None:
+    """Write ``model``'s config and weights (``unet_fast.UNet`` or ``reference.UNet``) to ``path``.
+
+    Tensors are saved as they are (dtype kept) but moved to the CPU, so the file loads anywhere.
+    ``extra`` adds more top-level entries (plain containers and tensors only, e.g. the trainer's
+    resume state); :func:`load` ignores them.
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, UNetConfig):
+        raise TypeError("save() expects a unet_fast.UNet or unet_fast.reference.UNet, "
+                        f"got {type(model).__name__}")
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(),
+               "state_dict": state}
+    clash = set(extra or ()) & set(payload)
+    if clash:
+        raise ValueError(f"extra entries may not replace {sorted(clash)}")
+    payload.update(extra or {})
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """The raw object stored in a torch checkpoint file, loaded with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` naming ``path`` if it is missing, unreadable or corrupt.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder, expected a file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError as e:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: permission denied") from e
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or e}") from e
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} contains pickled Python objects, which unet_fast "
+                "refuses to load (only tensors and plain data are read; re-save its state_dict)"
+            ) from e
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch weights "
+                              f"file ({_unpickler_detail(e)})") from e
+    except Exception as e:
+        # torch.load reports truncation and garbage with many exception types (RuntimeError,
+        # EOFError, BadZipFile, ...) and multi-line messages; the first line is the useful part
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or not a PyTorch weights file ({_first_line(e)})"
+        ) from e
+
+
+def _unpickler_detail(e: BaseException) -> str:
+    # torch wraps the real reason in a paragraph about weights_only; dig it out
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return (rest or (lines[i + 1] if i + 1 < len(lines) else ""))[:200]
+    return _first_line(e)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def is_unet_fast_checkpoint(obj: Any) -> bool:
+    """Whether ``obj`` (from :func:`read`) is a dict written by :func:`save`."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def from_checkpoint_dict(obj: Any, path: str | os.PathLike[str] = "<memory>") -> UNet:
+    """Build the model stored in ``obj`` (the dict :func:`save` writes), in eval mode."""
+    where = f"checkpoint {str(path)!r}"
+    if not is_unet_fast_checkpoint(obj):
+        raise CheckpointError(f"{where} is not a unet_fast checkpoint{_describe_foreign(obj)}")
+    version = obj.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{where} has an invalid version field {version!r}")
+    if version > VERSION:
+        raise CheckpointError(
+            f"{where} has format version {version}, newer than this unet_fast reads ({VERSION}); "
+            "upgrade unet_fast"
+        )
+    cfg, state = obj.get("config"), obj.get("state_dict")
+    if not isinstance(cfg, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{where} lacks its 'config' or 'state_dict' entry")
+    try:
+        config = UNetConfig(**cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} has an invalid config: {e}") from e
+    return build_model(config, state, where)
+
+
+def build_model(config: UNetConfig, state: dict[str, Any], where: str) -> UNet:
+    """A :class:`UNet` for ``config`` holding ``state``'s tensors, in eval mode.
+
+    Raises :class:`CheckpointError` (prefixed with ``where``) naming missing, unexpected or
+    wrongly shaped entries.
+    """
+    with torch.device("meta"):
+        model = UNet(**config.to_dict())
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        raise CheckpointError(f"{where} does not match its config: " + "; ".join(parts))
+    for k, ref in expected.items():
+        t = state[k]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{where}: entry {k!r} is a {type(t).__name__}, not a tensor")
+        if t.shape != ref.shape:
+            raise CheckpointError(
+                f"{where}: {k!r} has shape {tuple(t.shape)}, the config needs {tuple(ref.shape)}"
+            )
+    float_dtypes = {t.dtype for k, t in state.items() if t.is_floating_point()}
+    if len(float_dtypes) > 1:
+        # mixed precision files load into one dtype, the widest, so every backend gets one dtype
+        widest = max(float_dtypes, key=lambda d: torch.finfo(d).bits)
+        state = {k: t.to(widest) if t.is_floating_point() else t for k, t in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def _describe_foreign(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        return f" (it holds a {type(obj).__name__}, expected a dict)"
+    keys = [str(k) for k in obj]
+    if any(k.startswith("inc.double_conv.") or k.startswith("module.inc.") for k in keys):
+        return " (it looks like a milesial/Pytorch-UNet state dict: use unet_fast.from_milesial)"
+    if any(k.startswith("encoder.0.conv1.") for k in keys):
+        return (" (it is a bare unet_fast state_dict without config: build the model and call "
+                "load_state_dict, then unet_fast.save it)")
+    return f" (another architecture? its first keys: {_few(keys)})" if keys else " (empty dict)"
+
+
+def load(path: str | os.PathLike[str], map_location: Any = "cpu") -> UNet:
+    """Rebuild the :class:`unet_fast.UNet` saved by :func:`save` at ``path``, in eval mode.
+
+    Raises :class:`CheckpointError` (a ValueError) with a one-line message naming ``path`` for a
+    missing, corrupt or foreign file, a newer format version, or missing/unexpected keys.
+    """
+    return from_checkpoint_dict(read(path, map_location), path)

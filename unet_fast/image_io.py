@@ -1,0 +1,255 @@
+"""Reading images into float tensors and writing masks, probabilities and overlays.
+
+Reading (:func:`read_image`) returns a ``(C, H, W)`` float32 tensor:
+
+* **PNG / JPEG / BMP** (Pillow): grayscale -> 1 channel, RGB -> 3, RGBA -> 4, gray+alpha -> 2,
+  palette images -> RGB (RGBA if the palette has transparency), 1-bit -> 1 channel of 0/1.
+  A 4-channel (or 2-channel) image given to a model that wants 3 (or 1) has its alpha dropped by
+  :func:`match_channels`; no other channel conversion is done silently.
+* **TIFF** (tifffile): 8/16-bit integer or floating point, 2-D ``(H, W)`` or 3-D.
+* **.npy** (numpy, ``allow_pickle=False``): 2-D or 3-D.
+
+A 3-D array is channels-last ``(H, W, C)`` when its last axis has at most 4 entries and its first
+more than 4; otherwise it is channels-first ``(C, H, W)``.
+
+Normalisation: ``uint8`` / 255, ``uint16`` / 65535 (16-bit PNGs too), ``bool`` -> 0/1, floating
+point as-is (no rescaling: a float image is assumed to already be in the range the model was
+trained on). Other integer types are rejected.
+
+Writing is atomic (temporary file in the same folder, then rename), so a failed write leaves no
+half-written file:
+
+* :func:`write_mask`: class labels; ``.png``/``.tif`` as uint8 when there are at most 256
+  classes (or mask values), else uint16; ``.npy`` as int64 (uint8/uint16 for the same rule).
+* :func:`write_probs`: ``(K, H, W)`` float32 as ``.npy`` or float TIFF.
+* :func:`write_overlay`: the image with each non-background class tinted, as RGB PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._atomic import atomic_path
+
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+NPY_SUFFIXES = (".npy",)
+IMAGE_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES + NPY_SUFFIXES
+
+# distinct, colour-blind friendly tints for classes 1.. (class 0 is background, left untinted)
+PALETTE = np.array([
+    [230, 159, 0], [86, 180, 233], [0, 158, 115], [240, 228, 66], [0, 114, 178],
+    [213, 94, 0], [204, 121, 167], [255, 255, 255], [128, 128, 128], [170, 0, 0],
+], dtype=np.float32)
+
+
+class ImageError(ValueError):
+    """An image that cannot be read or written; the message is one line naming the file."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        elif mode == "1":
+            return np.asarray(im, dtype=bool)
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("RGB")
+        elif mode == "PA":
+            im = im.convert("RGBA")
+        a = np.asarray(im)
+    if a.dtype == np.int32 or mode.startswith("I;16"):
+        # Pillow reads 16-bit grayscale PNGs as mode "I" (int32) or "I;16"
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ImageError(f"image {str(path)!r}: 32-bit integer pixels are not supported")
+        a = a.astype(np.uint16)
+    return a
+
+
+def read_array(path: str | os.PathLike[str]) -> np.ndarray:
+    """The raw pixel array of an image or mask file (no normalisation, no layout change)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(f"unsupported file type {path.name!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
+    if suffix in NPY_SUFFIXES:
+        return np.load(path, allow_pickle=False)
+    if suffix in TIFF_SUFFIXES:
+        import tifffile
+
+        a = tifffile.imread(path)
+        if a.size == 0:  # tifffile only logs a warning for garbage and returns an empty array
+            raise ValueError("no image data found")
+        return a
+    return _read_pil(path)
+
+
+def to_chw(a: np.ndarray, name: str = "image") -> np.ndarray:
+    """``a`` as a ``(C, H, W)`` array following the layout rule of the module docstring."""
+    if a.ndim == 2:
+        return a[None]
+    if a.ndim == 3:
+        if a.shape[-1] <= 4 < a.shape[0]:
+            return np.moveaxis(a, -1, 0)
+        return a
+    raise ImageError(
+        f"{name} has shape {a.shape}; expected 2-D (H, W) or 3-D (H, W, C) / (C, H, W)")
+
+
+def normalise(a: np.ndarray, name: str = "image") -> np.ndarray:
+    """float32 pixels: uint8 / 255, uint16 / 65535, bool -> 0/1, floating point as-is."""
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if np.issubdtype(a.dtype, np.floating):
+        return a.astype(np.float32)
+    raise ImageError(
+        f"{name} has pixel type {a.dtype}; supported: uint8, uint16, bool, float16/32/64")
+
+
+def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """The image at ``path`` as a normalised ``(C, H, W)`` float32 tensor (see module docs).
+
+    Raises :class:`ImageError` with one line naming ``path`` if it is missing, unreadable, of an
+    unsupported type or shape.
+    """
+    path = Path(path)
+    name = f"image {str(path)!r}"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ImageError(
+            f"{name} has an unsupported extension; supported: {', '.join(IMAGE_SUFFIXES)}")
+    if not path.exists():
+        raise ImageError(f"{name} does not exist")
+    if path.is_dir():
+        raise ImageError(f"{name} is a folder, expected a file")
+    try:
+        a = read_array(path)
+    except ImageError:
+        raise
+    except PermissionError as e:
+        raise ImageError(f"cannot read {name}: permission denied") from e
+    except MemoryError as e:
+        raise ImageError(f"{name} is too large to fit in memory") from e
+    except Exception as e:
+        if type(e).__name__ == "DecompressionBombError":
+            raise ImageError(f"{name} has more pixels than Pillow's safety limit "
+                             "(PIL.Image.MAX_IMAGE_PIXELS); save it as TIFF or .npy") from e
+        raise ImageError(f"cannot read {name}: corrupt or not a valid {path.suffix[1:].upper()} "
+                         f"file ({_first_line(e)})") from e
+    a = normalise(to_chw(np.asarray(a), name), name)
+    if a.shape[1] == 0 or a.shape[2] == 0:
+        raise ImageError(f"{name} is empty (shape {a.shape})")
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def match_channels(x: torch.Tensor, channels: int, name: str = "image") -> torch.Tensor:
+    """``x`` ``(C, H, W)`` with ``channels`` channels: drops an alpha channel (RGBA -> RGB,
+    gray+alpha -> gray) if that is what it takes, otherwise raises :class:`ImageError`."""
+    c = x.shape[0]
+    if c == channels:
+        return x
+    if (c, channels) in ((4, 3), (2, 1)):
+        return x[:channels]
+    raise ImageError(f"{name} has {c} channel(s) but the model expects {channels}")
+
+
+def _label_array(labels: Any, levels: int) -> np.ndarray:
+    a = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if a.ndim != 2 and not (a.ndim == 3 and a.shape[-1] in (3, 4)):
+        raise ValueError(f"labels must be (H, W) (or (H, W, 3|4) colours), got shape {a.shape}")
+    return a.astype(np.uint8 if levels <= 256 else np.uint16)
+
+
+def apply_mask_values(labels: torch.Tensor, values: Sequence[Any]) -> np.ndarray:
+    """Labels mapped to per-class pixel values (milesial's ``mask_values``: ints or colours)."""
+    table = np.asarray(values)
+    lab = labels.detach().cpu().numpy()
+    if lab.size and lab.max() >= len(table):
+        raise ValueError(f"label {int(lab.max())} has no entry in the {len(table)} mask values")
+    return table[lab]
+
+
+def write_mask(path: str | os.PathLike[str], labels: Any, num_classes: int) -> None:
+    """Write a label map (or mask values) as PNG/TIFF/npy: uint8 if ``num_classes`` <= 256
+    and every value fits, else uint16."""
+    path = Path(path)
+    a = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    levels = max(num_classes, int(a.max()) + 1 if a.size else 0)
+    a = _label_array(a, levels)
+    suffix = path.suffix.lower()
+    with atomic_path(path) as tmp:
+        if suffix == ".png":
+            from PIL import Image
+
+            Image.fromarray(a).save(tmp, format="PNG")
+        elif suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            tifffile.imwrite(tmp, a, photometric="rgb" if a.ndim == 3 else "minisblack")
+        elif suffix in NPY_SUFFIXES:
+            with open(tmp, "wb") as f:
+                np.save(f, a)
+        else:
+            raise ImageError(f"mask {str(path)!r}: unsupported extension; use .png, .tif or .npy")
+
+
+def write_probs(path: str | os.PathLike[str], probs: torch.Tensor) -> None:
+    """Write ``(K, H, W)`` probabilities as float32 ``.npy`` or float TIFF."""
+    path = Path(path)
+    a = probs.detach().float().cpu().numpy()
+    suffix = path.suffix.lower()
+    if suffix not in NPY_SUFFIXES + TIFF_SUFFIXES:
+        raise ImageError(f"probabilities {str(path)!r}: unsupported extension; use .npy or .tif")
+    with atomic_path(path) as tmp:
+        if suffix in NPY_SUFFIXES:
+            with open(tmp, "wb") as f:
+                np.save(f, a)
+        else:
+            import tifffile
+
+            tifffile.imwrite(tmp, a, photometric="minisblack")
+
+
+def _display_rgb(image: torch.Tensor) -> np.ndarray:
+    a = image.detach().float().cpu().numpy()
+    a = a[:3] if a.shape[0] >= 3 else np.repeat(a[:1], 3, axis=0)
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if lo < 0.0 or hi > 1.0:  # out-of-range floats: stretch for display only
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return np.moveaxis(np.nan_to_num(a), 0, -1) * 255.0
+
+
+def write_overlay(path: str | os.PathLike[str], image: torch.Tensor, labels: torch.Tensor,
+                  alpha: float = 0.5) -> None:
+    """Write ``image`` ``(C, H, W)`` as RGB PNG with every class > 0 tinted in its colour."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ImageError(f"overlay {str(path)!r}: unsupported extension; use .png")
+    rgb = _display_rgb(image)
+    lab = labels.detach().cpu().numpy()
+    tint = PALETTE[(np.maximum(lab, 1) - 1) % len(PALETTE)]
+    fg = (lab > 0)[..., None]
+    out = np.where(fg, (1 - alpha) * rgb + alpha * tint, rgb)
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(out).save(tmp, format="PNG")
