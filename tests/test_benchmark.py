@@ -97,15 +97,30 @@ def test_quick_run_table_plot_and_progress(quick_run):
     assert doc["plot"] == str(png)
 
 
-def test_image_case_not_available_without_segment(quick_run):
+def test_image_case_through_segment(quick_run):
     _, _, doc = quick_run
     rows = [r for r in doc["rows"] if r["case"] == "paper-image-96"]
-    assert len(rows) == len(CPU_ROWS)
-    if hasattr(unet_fast, "segment"):
-        assert all(r["status"] in ("ok", "error", "skipped") for r in rows)
-    else:
+    assert [r["row"] for r in rows] == CPU_ROWS
+    if not hasattr(unet_fast, "segment"):
         assert {r["status"] for r in rows} == {"not_available"}
-        assert "segment" in rows[0]["error"]
+        return
+    for r in rows:
+        if r["impl"] == "compile":
+            continue
+        assert r["status"] == "ok", r
+        # overlap-tile equals one pass over the mirror-extended image (the float64 reference)
+        tol = 1e-4 if r["precision"] == "fp32" else 5e-2
+        assert r["rel_l2_err"] < tol and r["tile_size"] == "auto"
+
+
+def test_image_case_not_available_without_segment(tmp_path, monkeypatch):
+    monkeypatch.delattr(unet_fast, "segment", raising=False)
+    assert main(["--quick", "--model", "paper", "--image-sizes", "40", "--rows", "eager-nchw-fp32",
+                 "--threads", "1", "--no-plot", "--out-dir", str(tmp_path)]) == 0
+    rows = {r["case"]: r for r in _load(tmp_path)["rows"]}
+    assert rows["paper-188"]["status"] == "ok"
+    assert rows["paper-image-40"]["status"] == "not_available"
+    assert "segment" in rows["paper-image-40"]["error"]
 
 
 def _one_pass_segment(model, image, tile_size=None, output="logits"):
