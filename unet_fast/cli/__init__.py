@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["segment", "train", "info"]
+SUBCOMMANDS = ["segment", "train", "bench", "info"]
 
 
 class CliError(Exception):

@@ -1,0 +1,84 @@
+"""The project's benchmark (``python benchmarks/run.py`` / ``unet-fast bench``).
+
+One run measures the device's ceilings and then every implementation on the same random inputs:
+latency (median, p20/p80), images/s, TFLOP/s counted from the network, % of the measured peak,
+peak memory, and error against the float64 reference. Files: options (CLI flags), cases (what is
+measured), rows (the implementations), timing, ceilings, memory, environment, runner, report,
+plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .options import BenchOptions, add_arguments, resolve_options
+from .report import format_table, print_table, result_paths, write_json
+from .rows import all_rows
+from .runner import run_benchmark
+
+__all__ = ["BenchOptions", "add_arguments", "check_options", "format_table", "list_rows", "main",
+           "resolve_options", "run", "run_benchmark"]
+
+
+def run(opts: BenchOptions) -> tuple[dict, Path, Path | None]:
+    """Run the benchmark, print the table, write the JSON (and the PNG unless disabled).
+
+    Returns the results document, the JSON path and the PNG path (None when not written).
+    """
+    result = run_benchmark(opts)
+    print_table(result, sys.stdout)
+    json_path, png_path = result_paths(result, opts.out_dir, opts.tag)
+    written: Path | None = None
+    if opts.plot:
+        try:
+            from .plot import write_plot
+
+            write_plot(result, png_path)
+            written = png_path
+        except ImportError:
+            result.setdefault("notes", []).append("no plot: matplotlib is not installed")
+            print("no plot written: matplotlib is not installed", file=sys.stderr)
+    result["plot"] = str(written) if written else None
+    write_json(result, json_path)
+    print(f"wrote {json_path}" + (f" and {written}" if written else ""), file=sys.stderr)
+    return result, json_path, written
+
+
+def check_options(opts: BenchOptions) -> None:
+    """Raise a one-line ValueError for cases or rows that cannot run, before any work starts."""
+    from .cases import build_cases
+    from .rows import select_rows
+
+    build_cases(opts)
+    if not select_rows(opts.device, opts.rows, opts.dtypes):
+        raise ValueError(
+            f"no {opts.device} row has a precision in --dtypes {','.join(opts.dtypes)}")
+
+
+def list_rows(device: str) -> str:
+    """The row names, precisions and descriptions of ``device`` ("auto": this machine's)."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "\n".join(f"{r.name:28s} {r.precision:5s} {r.description}" for r in all_rows(device))
+
+
+def main(argv: list[str] | None = None, default_out_dir: str = "benchmarks/results") -> int:
+    """Entry point of ``benchmarks/run.py``: parse, run, report; bad options exit 2, one line."""
+    parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n")[0])
+    add_arguments(parser, default_out_dir)
+    args = parser.parse_args(argv)
+    if args.list_rows:  # works for --device cuda on a machine without one
+        print(list_rows(args.device))
+        return 0
+    try:
+        opts = resolve_options(args)
+        check_options(opts)
+    except ValueError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    run(opts)
+    return 0

@@ -1,0 +1,129 @@
+"""The device's own ceilings, measured in the same run as the rows: large matrix products per
+precision (the arithmetic roof) and a large copy (the memory roof, bytes read + written). Random
+operands, never zeros. Each ceiling is the rate of the fastest timed call (median kept beside).
+On the CPU the matmul ceiling is the better of torch.mm and the same GEMM through oneDNN."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import torch
+
+from .timing import time_cpu, time_cuda
+
+# which measured matmul rate a row of each precision is compared against
+PEAK_FOR_PRECISION = {"fp32": "matmul_fp32", "tf32": "matmul_tf32", "bf16": "matmul_bf16",
+                      "fp16": "matmul_fp16"}
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _matmul(device: str, dtype: torch.dtype, n: int, tf32: bool, repeats: int | None) -> dict:
+    gen = torch.Generator(device=device).manual_seed(1)
+    a = [torch.randn(n, n, device=device, dtype=dtype, generator=gen) for _ in range(2)]
+    b = [torch.randn(n, n, device=device, dtype=dtype, generator=gen) for _ in range(2)]
+    pairs = list(zip(a, b, strict=True))
+    with _tf32(tf32):
+        if device == "cuda":
+            stats = time_cuda(lambda p: torch.mm(*p), pairs, repeats, None, target_ms=300)
+        else:
+            stats = time_cpu(lambda p: torch.mm(*p), pairs, repeats or 5, 1)
+    flop = 2 * n**3
+    # a ceiling is what the device can do: the fastest call, the median beside it
+    return {"tflops": flop / (stats["min_ms"] * 1e-3) / 1e12,
+            "tflops_median": flop / (stats["median_ms"] * 1e-3) / 1e12,
+            "shape": [n, n, n], "min_ms": stats["min_ms"], "median_ms": stats["median_ms"],
+            "repeats": stats["repeats"]}
+
+
+def _gemm_onednn(dtype: torch.dtype, n: int, repeats: int | None) -> dict:
+    """The same GEMM shape class through oneDNN (a 1x1 convolution, channels_last): on CPUs where
+    the BLAS torch.mm uses is slow (MKL on AMD), this is the rate the convolutions really see."""
+    gen = torch.Generator().manual_seed(2)
+    pixels = 64 * 64
+    cl = torch.channels_last
+    xs = [torch.randn(1, n, 64, 64, generator=gen).to(dtype).contiguous(memory_format=cl)
+          for _ in range(2)]
+    w = torch.randn(n, n, 1, 1, generator=gen).to(dtype).contiguous(memory_format=cl)
+
+    def conv(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.nn.functional.conv2d(x, w)
+
+    stats = time_cpu(conv, xs, repeats or 5, 1)
+    flop = 2 * pixels * n * n
+    return {"tflops": flop / (stats["min_ms"] * 1e-3) / 1e12,
+            "tflops_median": flop / (stats["median_ms"] * 1e-3) / 1e12,
+            "shape": [pixels, n, n], "min_ms": stats["min_ms"], "median_ms": stats["median_ms"],
+            "repeats": stats["repeats"]}
+
+
+def _copy(device: str, nbytes: int, repeats: int | None) -> dict:
+    n = nbytes // 4
+    src = [torch.randn(n, device=device) for _ in range(2)]
+    dst = torch.empty(n, device=device)
+    if device == "cuda":
+        stats = time_cuda(dst.copy_, src, repeats, None, target_ms=300)
+    else:
+        stats = time_cpu(dst.copy_, src, repeats or 5, 1)
+    moved = 2 * n * 4  # read once + write once
+    return {"gbps": moved / (stats["min_ms"] * 1e-3) / 1e9,
+            "gbps_median": moved / (stats["median_ms"] * 1e-3) / 1e9, "bytes_moved": moved,
+            "min_ms": stats["min_ms"], "median_ms": stats["median_ms"],
+            "repeats": stats["repeats"]}
+
+
+def measure_ceilings(device: str, quick: bool = False) -> dict:
+    """Matmul TFLOP/s per precision and copy GB/s on ``device``; failures are recorded."""
+    if device == "cuda":
+        n, nbytes = 8192, 1 << 30
+        plan = [("matmul_bf16", torch.bfloat16, False), ("matmul_fp16", torch.float16, False),
+                ("matmul_tf32", torch.float32, True), ("matmul_fp32", torch.float32, False)]
+    else:
+        n, nbytes = (512, 32 << 20) if quick else (2048, 256 << 20)
+        # a CPU has no TF32: its fp32 rows compare against the fp32 product
+        plan = [("matmul_fp32", torch.float32, False), ("matmul_bf16", torch.bfloat16, False)]
+    out: dict = {}
+    for key, dtype, tf32 in plan:
+        try:
+            out[key] = dict(_matmul(device, dtype, n, tf32, 2 if quick else None), via="torch.mm")
+            if device == "cpu" and torch.backends.mkldnn.is_available():
+                gemm = _gemm_onednn(dtype, n, 2 if quick else None)
+                out[key]["torch_mm_tflops"] = out[key]["tflops"]
+                out[key]["onednn_gemm_tflops"] = gemm["tflops"]
+                if gemm["tflops"] > out[key]["tflops"]:
+                    out[key] = dict(gemm, via="oneDNN 1x1 convolution (GEMM)",
+                                    torch_mm_tflops=out[key]["tflops"],
+                                    onednn_gemm_tflops=gemm["tflops"])
+        except Exception as e:  # a dtype the device lacks: say so, keep going
+            out[key] = {"tflops": None, "error": f"{type(e).__name__}: {e}"}
+        print(f"[ceiling] {key}: " + (f"{out[key]['tflops']:.3f} TFLOP/s" if out[key].get(
+            "tflops") else out[key].get("error", "")), file=sys.stderr, flush=True)
+    if device == "cpu":
+        out["matmul_tf32"] = dict(out["matmul_fp32"], note="CPU: tf32 rows use the fp32 product")
+    try:
+        out["copy"] = _copy(device, nbytes, 2 if quick else None)
+        print(f"[ceiling] copy: {out['copy']['gbps']:.1f} GB/s", file=sys.stderr, flush=True)
+    except Exception as e:
+        out["copy"] = {"gbps": None, "error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def best_ceilings(first: dict, second: dict) -> dict:
+    """Per ceiling, the better of two measurements (start and end of a run), both kept."""
+    out = {}
+    for key in first.keys() | second.keys():
+        a, b = first.get(key, {}), second.get(key, {})
+        rate = "gbps" if key == "copy" else "tflops"
+        best = max((a, b), key=lambda m: m.get(rate) or 0.0)
+        out[key] = dict(best, measured=[a.get(rate), b.get(rate)])
+    return dict(sorted(out.items()))
