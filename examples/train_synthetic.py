@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 import unet_fast
 from unet_fast import reference
+from unet_fast.benchmark.environment import cpu_name
 from unet_fast.training import train
 from unet_fast.training.checkpoint import load_model
 from unet_fast.training.data import load_folder
@@ -42,16 +42,6 @@ def score(model: torch.nn.Module, samples: list, instances: list[np.ndarray]) ->
         sep_n += n
     return {"foreground_iou": float(np.mean(ious)), "separated": sep_ok / max(sep_n, 1),
             "touching_pairs": sep_n}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
