@@ -7,7 +7,8 @@ twice from the same initialisation and the same sequence of augmented crops (onc
 border weight map w0=10, sigma=5 and balanced class weights, once with plain cross-entropy),
 then reports on the test set the foreground IoU and the fraction of touching-cell pairs that come
 out as separate objects, and checks that unet_fast.UNet and the reference U-Net give the same
-masks from the trained checkpoint. Results also go to OUT/results.json.
+masks from the trained checkpoint. Repeated for each seed of --seeds (default 0,1,2), with
+totals over the seeds; results also go to OUT/results.json.
 """
 
 from __future__ import annotations
@@ -52,29 +53,48 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="image side in pixels")
     ap.add_argument("--base-channels", type=int, default=16)
     ap.add_argument("--depth", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--steps-per-epoch", type=int, default=50)
     ap.add_argument("--optimizer", default="adam", choices=("sgd", "adam"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1,2",
+                    help="comma list: each seed draws its own data, initialisation and crops")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    seeds = [int(v) for v in args.seeds.split(",")]
+    runs = {seed: run_seed(args, seed, Path(args.out) / f"seed{seed}") for seed in seeds}
+    summary: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "threads": args.threads,
+                     "torch": torch.__version__, "args": vars(args), "seeds": runs, "total": {}}
+    print(f"\nover {len(seeds)} seed(s):")
+    for name in next(iter(runs.values()))["variants"]:
+        per = [r["variants"][name] for r in runs.values()]
+        pairs = sum(v["touching_pairs"] for v in per)
+        ok = sum(round(v["separated"] * v["touching_pairs"]) for v in per)
+        mean_iou = float(np.mean([v["foreground_iou"] for v in per]))
+        summary["total"][name] = {"mean_foreground_iou": mean_iou, "separated_pairs": ok,
+                                  "touching_pairs": pairs}
+        print(f"{name:40s} mean IoU {mean_iou:.4f}  separated {ok}/{pairs} = {ok / pairs:.3f}")
+    same = sum(r["fast_vs_reference_identical_pixels"] for r in runs.values()) / len(runs)
+    print(f"unet_fast.UNet vs reference: {100 * same:.3f}% of mask pixels identical")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(summary, indent=2))
+
+
+def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict:
+    """Both variants for one seed: data, initialisation and crops all drawn from ``seed``."""
     cells = dict(n_cells=16)
-    write_dataset(out / "train", args.train_images, args.size, seed=args.seed, **cells)
-    write_dataset(out / "test", args.test_images, args.size, seed=args.seed + 1000, **cells)
+    write_dataset(out / "train", args.train_images, args.size, seed=seed, **cells)
+    write_dataset(out / "test", args.test_images, args.size, seed=seed + 1000, **cells)
     test = load_folder(out / "test")
     test_instances = [np.load(p) for p in sorted((out / "test" / "masks").glob("*.npy"))]
 
     common = dict(val_data=out / "test", base_channels=args.base_channels, depth=args.depth,
                   dropout=0.0, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                  optimizer=args.optimizer, seed=args.seed, device="cpu", progress=False)
+                  optimizer=args.optimizer, seed=seed, device="cpu", progress=False)
     variants = {"weight map (w0=10, sigma=5, balanced)": dict(w0=10.0, sigma=5.0,
                                                                class_weights="balanced"),
                 "plain cross-entropy": dict(w0=0.0, class_weights=None)}
-    results: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs",
-                     "threads": args.threads, "torch": torch.__version__,
-                     "args": vars(args), "variants": {}}
+    results: dict = {"variants": {}}
     for name, kw in variants.items():
         t0 = time.perf_counter()
         ckdir = out / ("weighted" if kw["w0"] else "plain")
@@ -85,7 +105,7 @@ def main() -> None:
         res.update(train_seconds=round(secs, 1), tile=trainer.tile,
                    val_iou_per_epoch=[round(h["val_iou"], 4) for h in trainer.history])
         results["variants"][name] = res
-        print(f"{name:40s} IoU {res['foreground_iou']:.4f}  separated "
+        print(f"seed {seed}  {name:40s} IoU {res['foreground_iou']:.4f}  separated "
               f"{res['separated']:.3f} of {res['touching_pairs']} touching pairs  "
               f"({secs:.0f} s)")
 
@@ -97,8 +117,7 @@ def main() -> None:
         same += int((a == b).sum())
         total += a.size
     results["fast_vs_reference_identical_pixels"] = same / total
-    print(f"unet_fast.UNet vs reference from the checkpoint: {same}/{total} mask pixels identical")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":
