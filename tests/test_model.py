@@ -227,3 +227,16 @@ def test_non_finite_input_is_rejected_by_default(bad):
     fast.check_finite = False
     with torch.no_grad():
         assert fast(x).shape == (1, 2, 20, 20)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_with_the_default_finite_check():
+    fast = unet_fast.UNet(base_channels=4, depth=2).cuda().eval()
+    x = torch.randn(1, 1, 60, 60, device="cuda")
+    with torch.inference_mode():
+        expected = fast(x)  # warm-up: autotuning and packing happen outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fast(x)
+        graph.replay()
+        torch.testing.assert_close(out, expected)

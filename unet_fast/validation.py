@@ -48,8 +48,16 @@ def check_input(x: object, config: UNetConfig, param: torch.Tensor | None,
             )
     for axis, n in (("height", x.shape[2]), ("width", x.shape[3])):
         check_input_size(n, config.depth, config.padding, axis=axis)
-    if check_finite and x.device.type != "meta" and x.numel() and not torch.isfinite(x).all():
+    if check_finite and x.device.type != "meta" and x.numel() and not _capturing(x) \
+            and not torch.isfinite(x).all():
         raise ValueError(
             "input contains NaN or Inf values; clean it (e.g. torch.nan_to_num) or set "
             "model.check_finite = False to let them propagate"
         )
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    # Reading the check's result back to the host is illegal inside CUDA-graph capture; a
+    # captured forward replays on whatever the static input holds later, so a check here would
+    # only ever see the capture-time values anyway.
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
