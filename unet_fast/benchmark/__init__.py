@@ -66,19 +66,24 @@ def list_rows(device: str) -> str:
     return "\n".join(f"{r.name:28s} {r.precision:5s} {r.description}" for r in all_rows(device))
 
 
+def run_from_args(args: argparse.Namespace) -> None:
+    """Run what parsed arguments ask for (``--list-rows`` or a benchmark); ValueError on bad
+    options. Shared by ``benchmarks/run.py`` and ``unet-fast bench``."""
+    if args.list_rows:  # works for --device cuda on a machine without one
+        print(list_rows(args.device))
+        return
+    opts = resolve_options(args)
+    check_options(opts)
+    run(opts)
+
+
 def main(argv: list[str] | None = None, default_out_dir: str = "benchmarks/results") -> int:
     """Entry point of ``benchmarks/run.py``: parse, run, report; bad options exit 2, one line."""
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n")[0])
     add_arguments(parser, default_out_dir)
-    args = parser.parse_args(argv)
-    if args.list_rows:  # works for --device cuda on a machine without one
-        print(list_rows(args.device))
-        return 0
     try:
-        opts = resolve_options(args)
-        check_options(opts)
+        run_from_args(parser.parse_args(argv))
     except ValueError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    run(opts)
     return 0

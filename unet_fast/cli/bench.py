@@ -19,16 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import check_options, list_rows, resolve_options
-    from ..benchmark import run as run_benchmark
+    from ..benchmark import run_from_args
 
-    if args.list_rows:
-        print(list_rows(args.device))
-        return 0
     try:
-        opts = resolve_options(args)
-        check_options(opts)
+        run_from_args(args)
     except ValueError as e:
         raise CliError(str(e)) from None
-    run_benchmark(opts)
     return 0
