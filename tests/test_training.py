@@ -123,6 +123,28 @@ def test_png_and_tiff(tmp_path):
         read_array(tmp_path / "a.gif")
 
 
+
+@pytest.mark.parametrize("dtype,scale", [(np.uint8, 255.0), (np.uint16, 65535.0)])
+def test_training_sees_images_as_the_cli_does(tmp_path, dtype, scale):
+    """Regression: training once z-scored each image while `unet-fast segment` divides by the
+    integer range, so a trained checkpoint saw other input scales at inference."""
+    from PIL import Image
+
+    from unet_fast.image_io import read_image
+
+    rgb = (np.random.default_rng(0).random((9, 7, 3)) * scale).astype(dtype)
+    path = tmp_path / "img.npy"
+    np.save(path, rgb)
+    mask = np.zeros((9, 7), dtype=np.int64)
+    sample = make_sample("img", read_array(path), mask)
+    assert torch.equal(sample.image, read_image(path))
+    assert torch.allclose(sample.image, torch.from_numpy(rgb.astype(np.float32) / scale).permute(2, 0, 1))
+    if dtype == np.uint8:
+        Image.fromarray(rgb).save(tmp_path / "img.png")
+        assert torch.equal(make_sample("img", read_array(tmp_path / "img.png"), mask).image,
+                           read_image(tmp_path / "img.png"))
+
+
 # ---- end to end ---------------------------------------------------------------------------------
 
 def test_train_resume_equals_straight_run(folder, tmp_path):
