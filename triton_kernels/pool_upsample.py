@@ -16,18 +16,20 @@ from ._common import INTERPRET, interpreter_upcast, round_to_bf16_exact
 
 
 @triton.jit
+def _nhwc_block(total, C, H, W, BLOCK: tl.constexpr):
+    """Mask and (n, y, x, c) coordinates of this program's outputs, flat-indexed in NHWC order."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pix = i // C
+    return i < total, pix // (W * H), (pix // W) % H, pix % W, i % C
+
+
+@triton.jit
 def maxpool2x2_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc, C,
     y_ptr, y_sn, y_sh, y_sw, y_sc, H, W, total,
     BLOCK: tl.constexpr,
 ):
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < total
-    c = i % C
-    pix = i // C
-    x = pix % W
-    y = (pix // W) % H
-    n = pix // (W * H)
+    ok, n, y, x, c = _nhwc_block(total, C, H, W, BLOCK)
     base = x_ptr + n * x_sn + (2 * y) * x_sh + (2 * x) * x_sw + c * x_sc
     v = tl.load(base, mask=ok, other=0.0)
     v = tl.maximum(v, tl.load(base + x_sw, mask=ok, other=0.0))
@@ -42,13 +44,7 @@ def upsample_bilinear2x_kernel(
     y_ptr, y_sn, y_sh, y_sw, y_sc, H, W, total, scale_h, scale_w,
     BLOCK: tl.constexpr, FIX_BF16: tl.constexpr = False,
 ):
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < total
-    c = i % C
-    pix = i // C
-    x = pix % W
-    y = (pix // W) % H
-    n = pix // (W * H)
+    ok, n, y, x, c = _nhwc_block(total, C, H, W, BLOCK)
     fy = y.to(tl.float32) * scale_h
     fx = x.to(tl.float32) * scale_w
     y0 = tl.minimum(fy.to(tl.int64), H_in - 1)
