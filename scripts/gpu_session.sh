@@ -6,6 +6,10 @@
 #   bash scripts/gpu_session.sh bench [ARGS...]  build, then benchmarks/run.py ARGS with its JSON
 #                                                and PNG written to $OUT (copy them to
 #                                                benchmarks/results/ and commit them)
+#   bash scripts/gpu_session.sh layers           build, then the per-layer tables (time against
+#                                                floor, unet_fast vs cuDNN, per-layer error) of
+#                                                benchmarks/layers.py for the paper and the
+#                                                same-padded network at batch 1 and 16, bf16
 #
 # The device image has torch, triton and every dependency but cannot reach a package registry,
 # hence --no-deps --no-index. The full GPU benchmark does not fit one 10-minute call: split it,
@@ -33,11 +37,22 @@ case "$phase" in
       tests/test_triton_ops.py tests/test_mirror_pad.py tests/test_tiles.py tests/test_segment.py \
       2>&1 | tee "$OUT/cuda_tests.log" | tail -20
     ;;
+  layers)
+    # at most 8 files come back from $OUT: one table file, one log, the JSONs in one archive
+    json_dir="$(mktemp -d)"
+    for spec in "paper 1" "paper 16" "same 1" "same 16"; do
+      set -- $spec
+      python3 benchmarks/layers.py --model "$1" --batch "$2" --out-dir "$json_dir" \
+        >> "$OUT/layers.txt" 2>> "$OUT/layers.log"
+    done
+    tar czf "$OUT/layers-json.tar.gz" -C "$json_dir" .
+    tail -80 "$OUT/layers.txt"
+    ;;
   bench)
     python3 benchmarks/run.py --out-dir "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" | tail -60
     ;;
   *)
-    echo "unknown phase '$phase': use tests or bench" >&2
+    echo "unknown phase '$phase': use tests, layers or bench" >&2
     exit 2
     ;;
 esac

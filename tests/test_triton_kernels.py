@@ -149,6 +149,29 @@ def test_maxpool_and_bilinear(dtype, kind):
     assert_matches(y, kpu.upsample_bilinear2x_reference(x.double()), dtype)
 
 
+def test_int64_indexing_only_when_needed():
+    from unet_fast.triton_kernels._common import needs_int64
+
+    assert not needs_int64(torch.empty(2, 64, 512, 512, device="meta"))
+    assert needs_int64(torch.empty(2**31, device="meta"))
+    # a small view whose last element lies past int32 (an offset, not a count, overflows)
+    assert needs_int64(torch.empty(4, device="meta").as_strided((2, 2), (2**31, 1)))
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_data_movement_kernels_int32_and_int64_paths(wide, monkeypatch):
+    # the int64 path serves tensors past 2^31 elements: too large to test, so force it here
+    monkeypatch.setattr(kpu, "needs_int64", lambda *t: wide)
+    monkeypatch.setattr(kcc, "needs_int64", lambda *t: wide)
+    x = layout(rand(2, 5, 7, 9, dtype=F16), "cl")
+    torch.testing.assert_close(fused.maxpool2x2(x), kpu.maxpool2x2_reference(x), rtol=0, atol=0)
+    assert_matches(fused.upsample_bilinear2x(x), kpu.upsample_bilinear2x_reference(x.double()),
+                   F16)
+    skip, up = rand(2, 3, 11, 12, dtype=F16), rand(2, 4, 7, 8, dtype=F16)
+    torch.testing.assert_close(fused.crop_concat(skip, up, False),
+                               kcc.crop_concat_reference(skip, up, False), rtol=0, atol=0)
+
+
 def test_empty_batch():
     x = rand(0, 3, 6, 6)
     wt, b = conv_weights(3, 4, F32)

@@ -12,6 +12,32 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Flat indices and element offsets stay int32 below this (with a block's worth of headroom): int64
+# division is a software routine on NVIDIA GPUs, several times the cost of int32's.
+_INT32_LIMIT = 2**31 - 2**16
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether a flat index over, or an element offset into, any of ``tensors`` may pass int32."""
+    for t in tensors:
+        last = sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True))
+        if t.numel() >= _INT32_LIMIT or last >= _INT32_LIMIT:
+            return True
+    return False
+
+
+@triton.jit
+def nhwc_block(total, C, H, W, BLOCK: tl.constexpr, WIDE: tl.constexpr):
+    """Mask and (n, y, x, c) coordinates of this program's ``BLOCK`` outputs, flat-indexed in NHWC
+    order so that consecutive lanes walk channels (contiguous for NHWC); int64 only if ``WIDE``."""
+    if WIDE:
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pix = i // C
+    return i < total, pix // (W * H), (pix // W) % H, pix % W, i % C
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (and >= 1)."""
     return 1 << max(0, (int(n) - 1).bit_length())

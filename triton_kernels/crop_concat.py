@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET
+from ._common import INTERPRET, needs_int64, nhwc_block
 
 
 @triton.jit
@@ -19,17 +19,9 @@ def crop_concat_kernel(
     s_ptr, s_sn, s_sh, s_sw, s_sc, C1, H1, W1, oy1, ox1,
     u_ptr, u_sn, u_sh, u_sw, u_sc, C2, H2, W2, oy2, ox2,
     y_ptr, y_sn, y_sh, y_sw, y_sc, H, W, total,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, WIDE: tl.constexpr,
 ):
-    # Flat index in NHWC order so that consecutive lanes walk channels (contiguous for NHWC).
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < total
-    c_all = C1 + C2
-    c = i % c_all
-    pix = i // c_all
-    x = pix % W
-    y = (pix // W) % H
-    n = pix // (W * H)
+    ok, n, y, x, c = nhwc_block(total, C1 + C2, H, W, BLOCK, WIDE)
     from_skip = c < C1
     sy = y + oy1
     sx = x + ox1
@@ -61,7 +53,7 @@ def crop_concat_launch(skip: torch.Tensor, up: torch.Tensor, out: torch.Tensor,
         up, up.stride(0), up.stride(2), up.stride(3), up.stride(1),
         up.shape[1], up.shape[2], up.shape[3], oy2, ox2,
         out, out.stride(0), out.stride(2), out.stride(3), out.stride(1), h, w, total,
-        BLOCK=block,
+        BLOCK=block, WIDE=needs_int64(skip, up, out),
     )
 
 

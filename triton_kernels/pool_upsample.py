@@ -12,24 +12,22 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, interpreter_upcast, round_to_bf16_exact
-
-
-@triton.jit
-def _nhwc_block(total, C, H, W, BLOCK: tl.constexpr):
-    """Mask and (n, y, x, c) coordinates of this program's outputs, flat-indexed in NHWC order."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    pix = i // C
-    return i < total, pix // (W * H), (pix // W) % H, pix % W, i % C
+from ._common import (
+    INTERPRET,
+    interpreter_upcast,
+    needs_int64,
+    nhwc_block,
+    round_to_bf16_exact,
+)
 
 
 @triton.jit
 def maxpool2x2_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc, C,
     y_ptr, y_sn, y_sh, y_sw, y_sc, H, W, total,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, WIDE: tl.constexpr,
 ):
-    ok, n, y, x, c = _nhwc_block(total, C, H, W, BLOCK)
+    ok, n, y, x, c = nhwc_block(total, C, H, W, BLOCK, WIDE)
     base = x_ptr + n * x_sn + (2 * y) * x_sh + (2 * x) * x_sw + c * x_sc
     v = tl.load(base, mask=ok, other=0.0)
     v = tl.maximum(v, tl.load(base + x_sw, mask=ok, other=0.0))
@@ -42,13 +40,13 @@ def maxpool2x2_kernel(
 def upsample_bilinear2x_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc, C, H_in, W_in,
     y_ptr, y_sn, y_sh, y_sw, y_sc, H, W, total, scale_h, scale_w,
-    BLOCK: tl.constexpr, FIX_BF16: tl.constexpr = False,
+    BLOCK: tl.constexpr, WIDE: tl.constexpr, FIX_BF16: tl.constexpr = False,
 ):
-    ok, n, y, x, c = _nhwc_block(total, C, H, W, BLOCK)
+    ok, n, y, x, c = nhwc_block(total, C, H, W, BLOCK, WIDE)
     fy = y.to(tl.float32) * scale_h
     fx = x.to(tl.float32) * scale_w
-    y0 = tl.minimum(fy.to(tl.int64), H_in - 1)
-    x0 = tl.minimum(fx.to(tl.int64), W_in - 1)
+    y0 = tl.minimum(fy.to(c.dtype), H_in - 1)
+    x0 = tl.minimum(fx.to(c.dtype), W_in - 1)
     y1 = tl.minimum(y0 + 1, H_in - 1)
     x1 = tl.minimum(x0 + 1, W_in - 1)
     ly = fy - y0.to(tl.float32)
@@ -79,7 +77,7 @@ def maxpool2x2_launch(x: torch.Tensor, out: torch.Tensor, kernel=None) -> None:
     kernel[(triton.cdiv(total, _block()),)](
         x, x.stride(0), x.stride(2), x.stride(3), x.stride(1), c,
         out, out.stride(0), out.stride(2), out.stride(3), out.stride(1), h, w, total,
-        BLOCK=_block(),
+        BLOCK=_block(), WIDE=needs_int64(x, out),
     )
 
 
@@ -96,7 +94,7 @@ def upsample_bilinear2x_launch(x: torch.Tensor, out: torch.Tensor, kernel=None) 
         x, x.stride(0), x.stride(2), x.stride(3), x.stride(1), c, h_in, w_in,
         out, out.stride(0), out.stride(2), out.stride(3), out.stride(1), h, w, total,
         scale_h, scale_w,
-        BLOCK=_block(), FIX_BF16=interpreter_upcast(x.dtype),
+        BLOCK=_block(), WIDE=needs_int64(x, out), FIX_BF16=interpreter_upcast(x.dtype),
     )
 
 

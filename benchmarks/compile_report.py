@@ -1,0 +1,103 @@
+"""Compile every kernel of the GPU forward for an NVIDIA architecture on this machine (no GPU
+needed) and report registers, spills, shared memory and the Hopper instructions in the code.
+
+    python benchmarks/compile_report.py                          # paper network, bf16, sm_90
+    python benchmarks/compile_report.py --model same --dtypes bf16,tf32 --check
+
+``--check`` exits 1 when a kernel spills, overflows shared memory, or (bf16/fp16/TF32) a GEMM
+kernel lacks wgmma or asynchronous copies. Needs a process without TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from unet_fast import sizes
+from unet_fast.config import UNetConfig
+
+DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
+          "fp32": (torch.float32, False), "tf32": (torch.float32, True)}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="benchmarks/compile_report.py",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=("paper", "same"), default="paper")
+    p.add_argument("--size", type=int, help="input height = width (default 572 paper, 512 same)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtypes", default="bf16", help="comma-separated: bf16, fp16, fp32, tf32")
+    p.add_argument("--base-channels", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (Hopper)")
+    p.add_argument("--first-config-only", action="store_true",
+                   help="compile only the first autotuning candidate of each conv")
+    p.add_argument("--unfused-pool", action="store_true",
+                   help="standalone max-pool kernel instead of the conv epilogue")
+    p.add_argument("--check", action="store_true", help="exit 1 on any problem found")
+    p.add_argument("--json", help="also write the report as JSON to this path")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prog = "benchmarks/compile_report.py"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print(f"{prog}: error: unset TRITON_INTERPRET (the interpreter compiles nothing)",
+              file=sys.stderr)
+        return 2
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in DTYPES]
+    paper = args.model == "paper"
+    size = args.size or (sizes.input_size_for_output(388, args.depth) if paper else 512)
+    try:
+        if bad or not dtypes:
+            raise ValueError(f"--dtypes must name some of {', '.join(DTYPES)}, got {args.dtypes!r}")
+        cfg = UNetConfig(in_channels=1 if paper else 3, num_classes=2,
+                         base_channels=args.base_channels, depth=args.depth,
+                         padding="valid" if paper else "same",
+                         upsample="transpose" if paper else "bilinear")
+        sizes.check_input_size(size, cfg.depth, cfg.padding)
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+    import triton
+
+    from unet_fast.benchmark.compile_report import compile_layers, format_report, problems
+    from unet_fast.benchmark.layers import layer_plan
+
+    doc = {"triton": triton.__version__, "torch": torch.__version__, "arch": args.arch,
+           "model": args.model, "size": size, "batch": args.batch, "config": cfg.to_dict(),
+           "reports": {}}
+    found: list[str] = []
+    for name in dtypes:
+        dtype, tf32 = DTYPES[name]
+        plan = layer_plan(cfg, size, size, args.batch, dtype, tf32=tf32,
+                          fuse_pool=not args.unfused_pool)
+        t0 = time.perf_counter()
+        kernels = compile_layers(plan.layers, args.arch, all_configs=not args.first_config_only)
+        issues = problems(kernels, tensor_cores=name != "fp32")
+        found += [f"{name}: {line}" for line in issues]
+        print(f"\n{args.model} {size}x{size} batch {args.batch}, {name}, sm_{args.arch}, triton "
+              f"{triton.__version__} ({time.perf_counter() - t0:.0f} s to compile)")
+        print(format_report(kernels))
+        doc["reports"][name] = {"kernels": [k.to_json() for k in kernels], "problems": issues}
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
+    print("\nproblems:" if found else "\nno problems found", *found, sep="\n  ")
+    return 1 if found and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Per-layer table of the GPU forward: FLOPs, fewest bytes, floor, and (on a GPU) each layer's time
+through unet_fast's op and through aten/cuDNN, with their relative L2 error.
+
+    python benchmarks/layers.py                          # paper network, 572 tile, batch 1, bf16
+    python benchmarks/layers.py --model same --batch 16 --dtype fp16
+
+Without a GPU it prints the counts (floors too when --tflops and --gbs are given); with one it
+measures the ceilings, times every layer and writes
+``benchmarks/results/layers-<model>-<size>-b<batch>-<dtype>-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from unet_fast import sizes
+from unet_fast.benchmark.ceilings import measure_ceilings
+from unet_fast.benchmark.environment import device_slug, environment
+from unet_fast.benchmark.layer_timing import time_layers
+from unet_fast.benchmark.layers import format_plan, layer_plan
+from unet_fast.benchmark.timing import time_cuda
+from unet_fast.config import UNetConfig
+
+DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
+          "fp32": (torch.float32, False), "tf32": (torch.float32, True)}
+CEILING_FOR = {"bf16": "matmul_bf16", "fp16": "matmul_fp16", "fp32": "matmul_fp32",
+               "tf32": "matmul_tf32"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="benchmarks/layers.py", description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=("paper", "same"), default="paper",
+                   help="paper: valid padding, 1 channel, transpose up-conv; same: same padding, "
+                        "3 channels, bilinear (milesial's layout)")
+    p.add_argument("--size", type=int, help="input height = width (default 572 paper, 512 same)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
+    p.add_argument("--base-channels", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--tflops", type=float, help="matmul rate for the floors (default: measured "
+                   "on the GPU; none on the CPU)")
+    p.add_argument("--gbs", type=float, help="copy bandwidth in GB/s for the floors (default: "
+                   "measured on the GPU; none on the CPU)")
+    p.add_argument("--time", action="store_true", help="time the layers on the CPU too (needs "
+                   "TRITON_INTERPRET=1; tiny networks only); on a GPU they are always timed")
+    p.add_argument("--target-ms", type=float, default=200.0, help="timed milliseconds per row")
+    p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    return p.parse_args(argv)
+
+
+def _config(args: argparse.Namespace) -> tuple[UNetConfig, int]:
+    paper = args.model == "paper"
+    cfg = UNetConfig(in_channels=1 if paper else 3, num_classes=args.classes,
+                     base_channels=args.base_channels, depth=args.depth,
+                     padding="valid" if paper else "same",
+                     upsample="transpose" if paper else "bilinear")
+    size = args.size or (sizes.input_size_for_output(388, args.depth) if paper else 512)
+    sizes.check_input_size(size, cfg.depth, cfg.padding)
+    return cfg, size
+
+
+def _forward_ms(cfg: UNetConfig, size: int, batch: int, dtype: torch.dtype, tf32: bool,
+                target_ms: float) -> dict:
+    """The whole forward (eager launches and CUDA graph), for the gap to the sum of layers."""
+    from unet_fast import UNet
+    from unet_fast.backends.cuda_triton import CudaTritonBackend
+    from unet_fast.benchmark.runner import _registered
+
+    model = UNet(**cfg.to_dict()).eval().to("cuda", dtype)
+    model.check_finite = False
+    xs = [torch.randn(batch, cfg.in_channels, size, size, device="cuda").to(dtype)
+          for _ in range(2)]
+    out = {}
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        for key, graphs in (("forward_eager", False), ("forward_cuda_graph", True)):
+            with _registered("cuda", CudaTritonBackend(cuda_graphs=graphs)), torch.no_grad():
+                out[key] = time_cuda(model, xs, None, None, target_ms)["median_ms"]
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, size = _config(args)
+        if args.batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    except ValueError as e:
+        print(f"benchmarks/layers.py: error: {e}", file=sys.stderr)
+        return 2
+    dtype, tf32 = DTYPES[args.dtype]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    timing = device == "cuda" or args.time
+    if timing and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        print("benchmarks/layers.py: error: --time on the CPU needs TRITON_INTERPRET=1",
+              file=sys.stderr)
+        return 2
+
+    plan = layer_plan(cfg, size, size, args.batch, dtype, tf32=tf32)
+    tflops, gbs, ceilings = args.tflops, args.gbs, None
+    if device == "cuda" and (tflops is None or gbs is None):
+        torch.backends.cudnn.benchmark = True
+        ceilings = measure_ceilings("cuda")
+        tflops = tflops or ceilings[CEILING_FOR[args.dtype]]["tflops"]
+        gbs = gbs or ceilings["copy"]["gbps"]
+
+    measured, rows, forward = {}, [], {}
+    if timing:
+        torch.backends.cudnn.benchmark = True
+        rows = time_layers(plan, device, target_ms=args.target_ms)
+        measured = {r["name"]: {"unet_fast": r.get("unet_fast", {}).get("median_ms"),
+                                "aten": r.get("aten", {}).get("median_ms"),
+                                "rel_l2": r.get("rel_l2_vs_aten")} for r in rows}
+        if device == "cuda":
+            forward = _forward_ms(cfg, size, args.batch, dtype, tf32, args.target_ms)
+
+    title = (f"{args.model} network, {args.batch}x{cfg.in_channels}x{size}x{size}, {args.dtype}, "
+             f"{device}")
+    print(title)
+    if tflops and gbs:
+        print(f"ceilings: {tflops:.1f} TFLOP/s, {gbs:.0f} GB/s"
+              + (" (measured in this run)" if ceilings else " (given on the command line)"))
+    print(format_plan(plan, tflops, gbs, measured))
+    for key, ms in forward.items():
+        print(f"{key}: {ms:.4f} ms")
+    if not timing:
+        return 0
+
+    doc = {
+        "kind": "layers", "model": args.model, "config": cfg.to_dict(), "size": size,
+        "batch": args.batch, "dtype": args.dtype, "environment": environment(device),
+        "ceilings": ceilings, "floor_tflops": tflops, "floor_gbs": gbs,
+        "flops": plan.flops, "min_bytes": plan.min_bytes, "forward_ms": forward,
+        "layers": [dict(r, flops=layer.flops, min_bytes=layer.min_bytes,
+                        out_shape=list(layer.outputs[0].shape),
+                        floor_ms=layer.floor_ms(tflops, gbs)[0] if tflops and gbs else None)
+                   for r, layer in zip(rows, plan.layers, strict=True)],
+    }
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"layers-{args.model}-{size}-b{args.batch}-{args.dtype}-{device_slug(device)}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
