@@ -42,13 +42,17 @@ def _kernels(doc: dict, dtype: str) -> dict[str, list[dict]]:
 
 
 def test_paper_network_bf16_every_autotune_candidate(tmp_path):
-    doc = _report(tmp_path, "--model", "paper", "--dtypes", "bf16")
+    doc = _report(tmp_path, "--model", "paper", "--dtypes", "bf16", "--base-channels", "64")
     kernels = _kernels(doc, "bf16")
     assert set(kernels) == {"conv3x3_kernel", "upconv2x2_kernel"}
     # 6 conv layers at depth 1 (2 encoder, 2 bottleneck, cat, head), each with every candidate
-    from unet_fast.triton_kernels.conv3x3 import _GPU_CONFIGS
+    # autotuning would try for it: the two 128-channel bottleneck convs also try 64-wide N tiles
+    from unet_fast.triton_kernels.conv3x3 import _TC_NARROW_SHAPES, _TC_SHAPES
 
-    assert len(kernels["conv3x3_kernel"]) == 6 * len(_GPU_CONFIGS)
+    convs = kernels["conv3x3_kernel"]
+    assert len(convs) == 6 * len(_TC_SHAPES) + 2 * len(_TC_NARROW_SHAPES)
+    bottleneck = [k for k in convs if k["layer"].startswith("bottleneck")]
+    assert {k["config"]["BLOCK_N"] for k in bottleneck} == {64, 128}
     for k in kernels["conv3x3_kernel"] + kernels["upconv2x2_kernel"]:
         assert k["sass"].get("HGMMA", 0) > 0 and k["sass"].get("LDGSTS", 0) > 0, k
         assert k["local_bytes"] == 0, k

@@ -149,6 +149,33 @@ def test_maxpool_and_bilinear(dtype, kind):
     assert_matches(y, kpu.upsample_bilinear2x_reference(x.double()), dtype)
 
 
+def test_tile_configs_follow_the_arithmetic_unit_and_layer():
+    def shapes(configs):
+        return {(c.kwargs["BLOCK_H"], c.kwargs["BLOCK_W"], c.kwargs["BLOCK_K"]) for c in configs}
+
+    def widths(configs):
+        return {c.kwargs["BLOCK_N"] for c in configs}
+
+    # IEEE fp32 runs on the FMA units: its own small tiles, N <= 64; TF32/fp16/bf16 on tensor cores
+    fma = kconv.gpu_configs(torch.float32, False, 512, head=False)
+    assert shapes(fma) == {s[:3] for s in kconv._FMA_SHAPES} and widths(fma) == {64}
+    for dtype, tf32 in ((torch.float32, True), (torch.float16, False), (torch.bfloat16, False)):
+        wide = kconv.gpu_configs(dtype, tf32, 512, head=False)
+        assert widths(wide) == {128, 64} and len(wide) == 9
+        assert widths(kconv.gpu_configs(dtype, tf32, 64, head=False)) == {64}
+        assert widths(kconv.gpu_configs(dtype, tf32, 40, head=False)) == {64}
+        # the fused head holds every output channel in one tile
+        assert widths(kconv.gpu_configs(dtype, tf32, 256, head=True)) == {256}
+    # the autotuner's pruning keeps exactly a launch's configurations, in order (first = pinned)
+    x = torch.empty(1, dtype=torch.bfloat16)
+    kept = kconv.prune_configs(kconv._ALL_CONFIGS, {"x_ptr": x, "C_out": 1024},
+                               PRECISION="ieee", HEAD=False)
+    assert kept == kconv.gpu_configs(torch.bfloat16, False, 1024, head=False)
+    x32 = torch.empty(1)
+    assert kconv.prune_configs(kconv._ALL_CONFIGS, {"x_ptr": x32, "C_out": 64}, PRECISION="ieee",
+                               HEAD=True) == kconv.gpu_configs(torch.float32, False, 64, True)
+
+
 def test_int64_indexing_only_when_needed():
     from unet_fast.triton_kernels._common import needs_int64
 

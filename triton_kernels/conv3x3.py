@@ -173,37 +173,77 @@ def conv_output_size(n: int, padding: int) -> int:
     return n + 2 * padding - 2
 
 
-def _block_n(c_out: int, head: bool) -> int:
-    if head:
-        return max(16, next_pow2(c_out))
-    return min(32 if INTERPRET else 128, max(16, next_pow2(c_out)))
+def uses_fma(dtype: torch.dtype, allow_tf32: bool) -> bool:
+    """IEEE fp32 products run on the FMA units, not the tensor cores: smaller tiles suit them."""
+    return dot_precision(dtype, allow_tf32) == "ieee" and dtype == torch.float32
 
 
 # Interpreter: one small config; its cost grows with the number of programs, not the tile size.
 _INTERPRET_CONFIG = {"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_K": 16, "num_warps": 1, "num_stages": 1}
 
-# GPU: a few sane shapes (M tile = BLOCK_H x BLOCK_W output pixels, all even for the pool
-# epilogue); BLOCK_N is fixed by the launcher (the fused head needs all of C_out in one tile).
-_GPU_CONFIGS = [
-    triton.Config({"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 16, "BLOCK_W": 16, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_K": 32}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_H": 4, "BLOCK_W": 16, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_H": 4, "BLOCK_W": 16, "BLOCK_K": 16}, num_warps=4, num_stages=3),
-]
+# GPU tile shapes (BLOCK_H, BLOCK_W, BLOCK_K, warps, stages); M tile = BLOCK_H x BLOCK_W output
+# pixels, all even for the pool epilogue. Tensor-core precisions (bf16, fp16, TF32):
+_TC_SHAPES = [(8, 16, 32, 4, 3), (8, 16, 64, 8, 3), (16, 16, 32, 8, 3), (8, 8, 32, 4, 4),
+              (4, 16, 64, 4, 4), (4, 16, 16, 4, 3)]
+# ... and, for layers of >= 128 output channels, these shapes with 64-channel N tiles too: twice
+# the CTAs, for the small bottom layers that leave most SMs idle at batch 1 (benchmarks/NOTES.md).
+_TC_NARROW_SHAPES = [(8, 16, 32, 4, 3), (16, 16, 32, 8, 3), (8, 8, 32, 4, 4)]
+# IEEE fp32 (FMA units): the tensor-core tiles leave each thread 64-128 fp32 accumulators plus
+# operands and spill (benchmarks/compile_report.py --dtypes fp32); these, with N <= 64, do not.
+_FMA_SHAPES = [(8, 8, 32, 4, 3), (8, 8, 16, 4, 3), (4, 16, 16, 4, 3), (8, 16, 16, 8, 3)]
+_BLOCK_NS = (16, 32, 64, 128, 256)
+
+
+def _config(shape: tuple[int, int, int, int, int], block_n: int) -> triton.Config:
+    bh, bw, bk, warps, stages = shape
+    return triton.Config({"BLOCK_H": bh, "BLOCK_W": bw, "BLOCK_K": bk, "BLOCK_N": block_n},
+                         num_warps=warps, num_stages=stages)
+
+
+def gpu_configs(dtype: torch.dtype, allow_tf32: bool, c_out: int,
+                head: bool) -> list[triton.Config]:
+    """The tile configurations autotuning tries for one launch; the first is what
+    ``UNET_FAST_AUTOTUNE=0`` runs. The fused head needs all of C_out in one N tile."""
+    full = max(16, next_pow2(c_out))
+    fma = uses_fma(dtype, allow_tf32)
+    if head:
+        return [_config(s, full) for s in (_FMA_SHAPES if fma else _TC_SHAPES)]
+    if fma:
+        return [_config(s, min(64, full)) for s in _FMA_SHAPES]
+    configs = [_config(s, min(128, full)) for s in _TC_SHAPES]
+    if full >= 128:
+        configs += [_config(s, 64) for s in _TC_NARROW_SHAPES]
+    return configs
+
+
+def _key(c: triton.Config) -> tuple:
+    return tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages
+
+
+# Every configuration any launch may use; each launch prunes them to its own gpu_configs.
+_ALL_CONFIGS = list({_key(c): c for shapes in (_TC_SHAPES, _FMA_SHAPES) for s in shapes
+                     for n in _BLOCK_NS for c in [_config(s, n)]}.values())
+
+
+def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The autotuner's early pruning: keep the launch's :func:`gpu_configs`, in their order."""
+    wanted = gpu_configs(named_args["x_ptr"].dtype, kwargs["PRECISION"] == "tf32",
+                         named_args["C_out"], kwargs["HEAD"])
+    have = {_key(c) for c in configs}
+    return [c for c in wanted if _key(c) in have]
+
 
 AUTOTUNE = not INTERPRET and os.environ.get("UNET_FAST_AUTOTUNE", "1") != "0"
-
 conv3x3_kernel_autotuned = triton.autotune(
-    configs=_GPU_CONFIGS,
-    key=["C1", "C2", "C_out", "H_out", "W_out", "PAD", "HAS_X2", "POOL", "HEAD", "BLOCK_N"],
+    configs=_ALL_CONFIGS,
+    key=["C1", "C2", "C_out", "H_out", "W_out", "PAD", "HAS_X2", "POOL", "HEAD", "PRECISION"],
+    prune_configs_by={"early_config_prune": prune_configs},
 )(conv3x3_kernel)
 
 
 def default_kernel():
-    """The kernel the launcher runs by default: autotuned on a GPU, plain under the interpreter
-    (or with ``UNET_FAST_AUTOTUNE=0``, which uses the first GPU config)."""
+    """The kernel the launcher runs by default: autotuned on a GPU over :func:`gpu_configs`,
+    plain under the interpreter (or with ``UNET_FAST_AUTOTUNE=0``: the first GPU config)."""
     return conv3x3_kernel_autotuned if AUTOTUNE else conv3x3_kernel
 
 
@@ -258,19 +298,19 @@ def conv3x3_launch(
     c2 = x2.shape[1] if x2 is not None else 0
     c_out = weight.shape[1]
     head = head_weight is not None
-    block_n = _block_n(c_out, head)
     if INTERPRET:
-        meta = dict(_INTERPRET_CONFIG)
+        block_n = max(16, next_pow2(c_out)) if head else min(32, max(16, next_pow2(c_out)))
+        meta = {**_INTERPRET_CONFIG, "BLOCK_N": block_n}
     elif not AUTOTUNE:
-        cfg = _GPU_CONFIGS[0]
+        cfg = gpu_configs(x.dtype, allow_tf32, c_out, head)[0]
         meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     else:
-        meta = {}
+        meta = {}  # the autotuner's configuration, BLOCK_N included
 
     def grid(m):
         m = {**m, **meta}
         return (n * triton.cdiv(h_out, m["BLOCK_H"]) * triton.cdiv(w_out, m["BLOCK_W"]),
-                triton.cdiv(c_out, block_n))
+                triton.cdiv(c_out, m["BLOCK_N"]))
 
     (oy1, ox1), (oy2, ox2) = offsets
     src2 = x2 if x2 is not None else x
@@ -287,7 +327,7 @@ def conv3x3_launch(
         PAD=padding, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, RELU=relu,
         POOL=pooled is not None, HEAD=head,
         PRECISION=dot_precision(x.dtype, allow_tf32), UPCAST=interpreter_upcast(x.dtype),
-        BLOCK_N=block_n, BLOCK_CLS=max(16, next_pow2(num_classes)),
+        BLOCK_CLS=max(16, next_pow2(num_classes)),
         **meta,
     )
 

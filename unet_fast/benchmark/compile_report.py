@@ -98,15 +98,22 @@ class _CompileOnly:
 
     def __init__(self, kernel, sink: list, all_configs: bool = True) -> None:
         self.configs = getattr(kernel, "configs", None)
-        if self.configs is not None and not all_configs:
-            self.configs = self.configs[:1]
+        self.prune = getattr(kernel, "early_config_prune", None)
+        self.all_configs = all_configs
         # an Autotuner wraps the JITFunction as .fn (a JITFunction's own .fn is the Python def)
         self.fn = kernel.fn if self.configs is not None else kernel
         self.sink = sink
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            for cfg in self.configs or [None]:
+            configs = self.configs
+            if configs is not None and self.prune is not None:  # what the autotuner would try
+                # positional arguments only, as the autotuner passes them
+                named = dict(zip(self.fn.arg_names, args, strict=False))
+                configs = self.prune(configs, named, **kwargs)
+            if configs is not None and not self.all_configs:
+                configs = configs[:1]
+            for cfg in configs or [None]:
                 meta = {} if cfg is None else {**cfg.kwargs, "num_warps": cfg.num_warps,
                                                "num_stages": cfg.num_stages}
                 compiled = self.fn.warmup(*args, grid=grid, **kwargs, **meta)
