@@ -166,6 +166,8 @@ def test_tile_configs_follow_the_arithmetic_unit_and_layer():
         assert widths(kconv.gpu_configs(dtype, tf32, 40, head=False)) == {64}
         # the fused head holds every output channel in one tile
         assert widths(kconv.gpu_configs(dtype, tf32, 256, head=True)) == {256}
+    # TF32 and IEEE fp32 share dtypes but not candidates: the tuning cache must tell them apart
+    assert "PRECISION" in kconv.conv3x3_kernel_autotuned.keys
     # the autotuner's pruning keeps exactly a launch's configurations, in order (first = pinned)
     x = torch.empty(1, dtype=torch.bfloat16)
     kept = kconv.prune_configs(kconv._ALL_CONFIGS, {"x_ptr": x, "C_out": 1024},
