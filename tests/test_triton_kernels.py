@@ -58,6 +58,27 @@ def test_conv3x3(dtype, padding, batch, kind, c_in, c_out, h, w):
     assert_matches(y, ref, dtype)
 
 
+def test_few_input_channels_take_one_k_step():
+    # 9 * C_in <= 64 (the first conv: 1 or 3 channels): all taps in one K block
+    assert [kconv.flat_k(c, False) for c in (1, 2, 3, 7, 8)] == [16, 32, 32, 64, 0]
+    assert kconv.flat_k(1, True) == 0  # the dual-source conv keeps the per-tap loop
+
+
+@pytest.mark.parametrize("dtype,padding,kind,c_in", [
+    (F32, 0, "cl", 1), (F16, 1, "strided", 1), (F32, 1, "nchw", 3), (BF16, 0, "cl", 3),
+    (F16, 0, "cl", 7), (F32, 1, "cl", 8),
+])
+def test_conv3x3_few_input_channels(dtype, padding, kind, c_in):
+    x = layout(rand(2, c_in, 10, 13, dtype=dtype), kind)
+    wt, b = conv_weights(c_in, 24, dtype)
+    packed = kconv.pack_conv3x3_weight(wt)
+    ref = kconv.conv3x3_reference(x.double(), wt.double(), b.double(), padding)
+    assert_matches(fused.conv3x3(x, packed, b, padding, True, False), ref, dtype)
+    y, p = fused.conv3x3_pool(x, packed, b, padding, False)
+    assert_matches(y, ref, dtype)
+    torch.testing.assert_close(p, kpu.maxpool2x2_reference(y), rtol=0, atol=0)
+
+
 def test_conv3x3_without_bias_or_relu():
     x = rand(1, 4, 6, 5)
     wt, _ = conv_weights(4, 6, F32)

@@ -2,7 +2,8 @@
 
 GEMM view: M = output pixels of one image, tiled as a ``BLOCK_H x BLOCK_W`` rectangle; N = C_out;
 K = 9 * C_in, ordered ``(tap, channel)`` so that the packed weight is ``[9 * C_in, C_out]``.
-Accumulation is fp32 whatever the operand dtype.
+Accumulation is fp32 whatever the operand dtype. With few input channels (9 * C_in <= 64: the
+first conv of the network) all (tap, channel) pairs form one K block instead of nine.
 
 The K dimension may come from two sources (``x`` then ``x2``), each read at its own pixel offset
 and zero outside its bounds. That is how the decoder's first convolution reads
@@ -72,6 +73,34 @@ def _accumulate_source(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, 
 
 
 @triton.jit
+def _accumulate_flat(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, n,
+                     w_ptr, co, n_ok, C_out,
+                     PAD: tl.constexpr, PRECISION: tl.constexpr, FLAT_K: tl.constexpr,
+                     UPCAST: tl.constexpr):
+    """``acc += im2col(x) @ W`` with all ``9 * C`` (tap, channel) pairs in one K block.
+
+    For the first convolution (1 or 3 input channels) the per-tap loop would run 9 dot products
+    whose K is mostly masked-out channels; here K = ``FLAT_K`` >= 9 * C, row ``k`` being the packed
+    weight's row ``tap * C + c``.
+    """
+    k = tl.arange(0, FLAT_K)
+    tap = k // C
+    c = k % C
+    k_ok = k < 9 * C
+    iy = sy[:, None] + (tap // 3 - PAD)[None, :]
+    ix = sx[:, None] + (tap % 3 - PAD)[None, :]
+    ok = m_ok[:, None] & k_ok[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+    off = iy.to(tl.int64) * s_h + ix.to(tl.int64) * s_w + c[None, :] * s_c
+    a = tl.load(src_ptr + n * s_n + off, mask=ok, other=0.0)
+    w = tl.load(w_ptr + k[:, None] * C_out + co[None, :], mask=k_ok[:, None] & n_ok[None, :],
+                other=0.0)
+    if UPCAST:
+        a = a.to(tl.float32)
+        w = w.to(tl.float32)
+    return tl.dot(a, w, acc, input_precision=PRECISION)
+
+
+@triton.jit
 def conv3x3_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy1, ox1,
     x2_ptr, x2_sn, x2_sh, x2_sw, x2_sc, C2, H2, W2, oy2, ox2,
@@ -82,7 +111,7 @@ def conv3x3_kernel(
     PAD: tl.constexpr, HAS_X2: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
     POOL: tl.constexpr, HEAD: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_CLS: tl.constexpr, UPCAST: tl.constexpr = False,
+    BLOCK_CLS: tl.constexpr, UPCAST: tl.constexpr = False, FLAT_K: tl.constexpr = 0,
 ):
     BLOCK_M: tl.constexpr = BLOCK_H * BLOCK_W
     QUARTER: tl.constexpr = BLOCK_M // 4
@@ -111,9 +140,14 @@ def conv3x3_kernel(
     c_in = C1 + C2
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _accumulate_source(acc, x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy + oy1, ox + ox1,
-                             m_ok, n, w_ptr, 0, c_in, co, n_ok, C_out,
-                             PAD, PRECISION, BLOCK_K, UPCAST)
+    if FLAT_K > 0:
+        acc = _accumulate_flat(acc, x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy + oy1,
+                               ox + ox1, m_ok, n, w_ptr, co, n_ok, C_out,
+                               PAD, PRECISION, FLAT_K, UPCAST)
+    else:
+        acc = _accumulate_source(acc, x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy + oy1,
+                                 ox + ox1, m_ok, n, w_ptr, 0, c_in, co, n_ok, C_out,
+                                 PAD, PRECISION, BLOCK_K, UPCAST)
     if HAS_X2:
         acc = _accumulate_source(acc, x2_ptr, x2_sn, x2_sh, x2_sw, x2_sc, C2, H2, W2, oy + oy2,
                                  ox + ox2, m_ok, n, w_ptr, C1, c_in, co, n_ok, C_out,
@@ -171,6 +205,13 @@ def pack_head_weight(weight: torch.Tensor) -> torch.Tensor:
 def conv_output_size(n: int, padding: int) -> int:
     """Output extent of a 3x3 stride-1 convolution with ``padding`` zeros per side."""
     return n + 2 * padding - 2
+
+
+def flat_k(c_in: int, dual_source: bool) -> int:
+    """K block of the one-step path for few input channels (0: the per-tap loop instead)."""
+    if dual_source or 9 * c_in > 64:
+        return 0
+    return max(16, next_pow2(9 * c_in))
 
 
 def uses_fma(dtype: torch.dtype, allow_tf32: bool) -> bool:
@@ -327,7 +368,7 @@ def conv3x3_launch(
         PAD=padding, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, RELU=relu,
         POOL=pooled is not None, HEAD=head,
         PRECISION=dot_precision(x.dtype, allow_tf32), UPCAST=interpreter_upcast(x.dtype),
-        BLOCK_CLS=max(16, next_pow2(num_classes)),
+        BLOCK_CLS=max(16, next_pow2(num_classes)), FLAT_K=flat_k(c1, x2 is not None),
         **meta,
     )
 

@@ -118,7 +118,8 @@ class _CompileOnly:
                                                "num_stages": cfg.num_stages}
                 compiled = self.fn.warmup(*args, grid=grid, **kwargs, **meta)
                 shown = {k: v for k, v in {**kwargs, **meta}.items()
-                         if k.startswith("BLOCK") or k in ("num_warps", "num_stages")}
+                         if k.startswith("BLOCK") or k in ("num_warps", "num_stages")
+                         or (k == "FLAT_K" and v)}
                 self.sink.append((self.fn.__name__, shown, compiled))
 
         return launch
@@ -182,7 +183,7 @@ def format_report(kernels: list[CompiledKernel]) -> str:
     lines = [head, "-" * len(head)]
     for k in kernels:
         cfg = " ".join(f"{key.removeprefix('BLOCK_').lower()}{v}" for key, v in k.config.items()
-                       if key.startswith("BLOCK"))
+                       if key.startswith("BLOCK") or key == "FLAT_K")
         cfg += f" w{k.config.get('num_warps', '-')} s{k.config.get('num_stages', '-')}"
         lines.append(
             f"{k.layer:18s} {k.kernel:26s} {cfg:34s} {k.registers or '-':>5} "
@@ -211,6 +212,8 @@ def problems(kernels: list[CompiledKernel], tensor_cores: bool) -> list[str]:
         if tensor_cores and k.kernel in _GEMM_KERNELS:
             if not k.sass["HGMMA"]:
                 out.append(f"{where}: no HGMMA (wgmma) in the machine code")
-            if k.config.get("num_stages", 1) > 1 and not k.sass["LDGSTS"]:
+            # a one-step K (FLAT_K: few input channels) has no loop to pipeline
+            looped = not k.config.get("FLAT_K")
+            if looped and k.config.get("num_stages", 1) > 1 and not k.sass["LDGSTS"]:
                 out.append(f"{where}: no LDGSTS (asynchronous copy): loads are not pipelined")
     return out
