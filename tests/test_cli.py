@@ -92,6 +92,31 @@ def test_folder_probs_and_overlay(files, tmp_path, capsys):
     assert tifffile.imread(tmp_path / "t" / "c_mask.tif").shape == (8, 10)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,atol", [("float32", 5e-3), ("bfloat16", 5e-2)])
+def test_segment_on_gpu_matches_cpu(files, tmp_path, capsys, dtype, atol):
+    # issue 7: the same command on a GPU (Triton kernels, CUDA tiling ops) as on the CPU, on an
+    # image large enough to be cut into several tiles
+    image = tmp_path / "big.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(image)
+    probs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.npy"
+        code, _, err = _run(capsys, "segment", image, "-c", files / "model.pt", "--out", out,
+                            "--output", "probs", "--device", device, "--tile-size", "128",
+                            "--dtype", dtype if device == "cuda" else "float32")
+        assert code == 0, err
+        probs[device] = np.load(out)
+    assert probs["cuda"].shape == probs["cpu"].shape == (3, 300, 260)
+    np.testing.assert_allclose(probs["cuda"], probs["cpu"], atol=atol, rtol=0)
+    code, _, err = _run(capsys, "segment", image, "-c", files / "model.pt", "--out",
+                        tmp_path / "mask.png", "--device", "cuda", "--dtype", dtype)
+    assert code == 0, err
+    agree = np.asarray(Image.open(tmp_path / "mask.png")) == probs["cpu"].argmax(0)
+    assert agree.mean() >= 0.99
+
+
 def test_binary_threshold_and_default_out(files, tmp_path, capsys):
     src = tmp_path / "g.png"
     src.write_bytes((files / "gray.png").read_bytes())
