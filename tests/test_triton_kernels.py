@@ -181,12 +181,22 @@ def test_tile_configs_follow_the_arithmetic_unit_and_layer():
     fma = kconv.gpu_configs(torch.float32, False, 512, head=False)
     assert shapes(fma) == {s[:3] for s in kconv._FMA_SHAPES} and widths(fma) == {64}
     for dtype, tf32 in ((torch.float32, True), (torch.float16, False), (torch.bfloat16, False)):
-        wide = kconv.gpu_configs(dtype, tf32, 512, head=False)
-        assert widths(wide) == {128, 64} and len(wide) == 9
+        assert len(kconv.gpu_configs(dtype, tf32, 128, head=False)) == 9
+        assert widths(kconv.gpu_configs(dtype, tf32, 128, head=False)) == {128, 64}
+        assert widths(kconv.gpu_configs(dtype, tf32, 512, head=False)) == {256, 128, 64}
         assert widths(kconv.gpu_configs(dtype, tf32, 64, head=False)) == {64}
         assert widths(kconv.gpu_configs(dtype, tf32, 40, head=False)) == {64}
         # the fused head holds every output channel in one tile
         assert widths(kconv.gpu_configs(dtype, tf32, 256, head=True)) == {256}
+    # every candidate's pipeline fits Hopper's shared memory: TF32 (4-byte operands) drops the
+    # large bf16 tiles that would not
+    for dtype, tf32 in ((torch.float32, True), (torch.bfloat16, False)):
+        for c_out in (64, 256, 1024):
+            for head in (False, True):
+                for c in kconv.gpu_configs(dtype, tf32, c_out, head):
+                    assert kconv._pipeline_bytes(c, dtype.itemsize) <= kconv._SHARED_LIMIT
+    assert len(kconv.gpu_configs(torch.float32, True, 512, False)) < len(
+        kconv.gpu_configs(torch.bfloat16, False, 512, False))
     # TF32 and IEEE fp32 share dtypes but not candidates: the tuning cache must tell them apart
     assert "PRECISION" in kconv.conv3x3_kernel_autotuned.keys
     # the autotuner's pruning keeps exactly a launch's configurations, in order (first = pinned)

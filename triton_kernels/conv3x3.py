@@ -229,10 +229,23 @@ _TC_SHAPES = [(8, 16, 32, 4, 3), (8, 16, 64, 8, 3), (16, 16, 32, 8, 3), (8, 8, 3
 # ... and, for layers of >= 128 output channels, these shapes with 64-channel N tiles too: twice
 # the CTAs, for the small bottom layers that leave most SMs idle at batch 1 (benchmarks/NOTES.md).
 _TC_NARROW_SHAPES = [(8, 16, 32, 4, 3), (16, 16, 32, 8, 3), (8, 8, 32, 4, 4)]
+# ... and, for layers of >= 256 output channels (most of the FLOPs at a throughput batch), larger
+# tiles with a deeper K step: (shape, BLOCK_N).
+_TC_BIG_TILES = [((8, 16, 64, 8, 3), 256), ((8, 16, 32, 8, 4), 256), ((16, 16, 64, 8, 3), 128)]
 # IEEE fp32 (FMA units): the tensor-core tiles leave each thread 64-128 fp32 accumulators plus
 # operands and spill (benchmarks/compile_report.py --dtypes fp32); these, with N <= 64, do not.
 _FMA_SHAPES = [(8, 8, 32, 4, 3), (8, 8, 16, 4, 3), (4, 16, 16, 4, 3), (8, 16, 16, 8, 3)]
 _BLOCK_NS = (16, 32, 64, 128, 256)
+# Hopper's shared memory per block (227 KiB); a candidate whose pipeline would not fit is left out
+# (TF32 operands are twice the bytes of bf16 ones: some bf16 candidates do not fit in TF32).
+_SHARED_LIMIT = 232448
+
+
+def _pipeline_bytes(c: triton.Config, element_size: int) -> int:
+    """Shared memory of a candidate's software pipeline: ``stages`` A and B tiles."""
+    m = c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"]
+    k, n = c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N"]
+    return c.num_stages * (m * k + k * n) * element_size
 
 
 def _config(shape: tuple[int, int, int, int, int], block_n: int) -> triton.Config:
@@ -248,13 +261,18 @@ def gpu_configs(dtype: torch.dtype, allow_tf32: bool, c_out: int,
     full = max(16, next_pow2(c_out))
     fma = uses_fma(dtype, allow_tf32)
     if head:
-        return [_config(s, full) for s in (_FMA_SHAPES if fma else _TC_SHAPES)]
-    if fma:
-        return [_config(s, min(64, full)) for s in _FMA_SHAPES]
-    configs = [_config(s, min(128, full)) for s in _TC_SHAPES]
-    if full >= 128:
-        configs += [_config(s, 64) for s in _TC_NARROW_SHAPES]
-    return configs
+        configs = [_config(s, full) for s in (_FMA_SHAPES if fma else _TC_SHAPES)]
+    elif fma:
+        configs = [_config(s, min(64, full)) for s in _FMA_SHAPES]
+    else:
+        configs = [_config(s, min(128, full)) for s in _TC_SHAPES]
+        if full >= 128:
+            configs += [_config(s, 64) for s in _TC_NARROW_SHAPES]
+        if full >= 256:
+            configs += [_config(s, n) for s, n in _TC_BIG_TILES]
+    size = torch.empty((), dtype=dtype).element_size()
+    fits = [c for c in configs if _pipeline_bytes(c, size) <= _SHARED_LIMIT]
+    return fits or configs[-1:]
 
 
 def _key(c: triton.Config) -> tuple:
@@ -262,7 +280,7 @@ def _key(c: triton.Config) -> tuple:
 
 
 # Every configuration any launch may use; each launch prunes them to its own gpu_configs.
-_ALL_CONFIGS = list({_key(c): c for shapes in (_TC_SHAPES, _FMA_SHAPES) for s in shapes
+_ALL_CONFIGS = list({_key(c): c for s in (*_TC_SHAPES, *_FMA_SHAPES, *(t for t, _ in _TC_BIG_TILES))
                      for n in _BLOCK_NS for c in [_config(s, n)]}.values())
 
 
