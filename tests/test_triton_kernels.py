@@ -197,16 +197,29 @@ def test_tile_configs_follow_the_arithmetic_unit_and_layer():
                     assert kconv._pipeline_bytes(c, dtype.itemsize) <= kconv._SHARED_LIMIT
     assert len(kconv.gpu_configs(torch.float32, True, 512, False)) < len(
         kconv.gpu_configs(torch.bfloat16, False, 512, False))
+    # the autotuner holds every candidate any launch may want (else pruning would drop it)
+    known = {kconv._key(c) for c in kconv._ALL_CONFIGS}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for tf32 in (False, True):
+            for c_out in (1, 16, 24, 64, 100, 128, 256, 1000):
+                for head in (False, True):
+                    for c in kconv.gpu_configs(dtype, tf32, min(c_out, 256) if head else c_out,
+                                               head):
+                        assert kconv._key(c) in known, c
     # TF32 and IEEE fp32 share dtypes but not candidates: the tuning cache must tell them apart
     assert "PRECISION" in kconv.conv3x3_kernel_autotuned.keys
     # the autotuner's pruning keeps exactly a launch's configurations, in order (first = pinned)
     x = torch.empty(1, dtype=torch.bfloat16)
     kept = kconv.prune_configs(kconv._ALL_CONFIGS, {"x_ptr": x, "C_out": 1024},
                                PRECISION="ieee", HEAD=False)
-    assert kept == kconv.gpu_configs(torch.bfloat16, False, 1024, head=False)
+    assert [kconv._key(c) for c in kept] == [
+        kconv._key(c) for c in kconv.gpu_configs(torch.bfloat16, False, 1024, head=False)]
+    assert all(any(c is own for own in kconv._ALL_CONFIGS) for c in kept)
     x32 = torch.empty(1)
-    assert kconv.prune_configs(kconv._ALL_CONFIGS, {"x_ptr": x32, "C_out": 64}, PRECISION="ieee",
-                               HEAD=True) == kconv.gpu_configs(torch.float32, False, 64, True)
+    head = kconv.prune_configs(kconv._ALL_CONFIGS, {"x_ptr": x32, "C_out": 64},
+                               PRECISION="ieee", HEAD=True)
+    assert [kconv._key(c) for c in head] == [
+        kconv._key(c) for c in kconv.gpu_configs(torch.float32, False, 64, True)]
 
 
 def test_int64_indexing_only_when_needed():

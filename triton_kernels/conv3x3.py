@@ -285,11 +285,12 @@ _ALL_CONFIGS = list({_key(c): c for s in (*_TC_SHAPES, *_FMA_SHAPES, *(t for t, 
 
 
 def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """The autotuner's early pruning: keep the launch's :func:`gpu_configs`, in their order."""
+    """The autotuner's early pruning: keep the launch's :func:`gpu_configs`, in their order, as
+    the autotuner's own Config objects (callers such as Inductor may look them up)."""
     wanted = gpu_configs(named_args["x_ptr"].dtype, kwargs["PRECISION"] == "tf32",
                          named_args["C_out"], kwargs["HEAD"])
-    have = {_key(c) for c in configs}
-    return [c for c in wanted if _key(c) in have]
+    own = {_key(c): c for c in configs}
+    return [own[_key(c)] for c in wanted if _key(c) in own]
 
 
 AUTOTUNE = not INTERPRET and os.environ.get("UNET_FAST_AUTOTUNE", "1") != "0"
