@@ -22,6 +22,7 @@ import torch
 from unet_fast import sizes
 from unet_fast.benchmark.ceilings import measure_ceilings
 from unet_fast.benchmark.environment import device_slug, environment
+from unet_fast.benchmark.flags import backend_flags
 from unet_fast.benchmark.layer_timing import time_layers
 from unet_fast.benchmark.layers import format_plan, layer_plan
 from unet_fast.benchmark.timing import time_cuda
@@ -78,14 +79,11 @@ def _forward_ms(cfg: UNetConfig, size: int, batch: int, dtype: torch.dtype, tf32
     xs = [torch.randn(batch, cfg.in_channels, size, size, device="cuda").to(dtype)
           for _ in range(2)]
     out = {}
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    try:
+    # the backend takes TF32 from cudnn.allow_tf32, as PyTorch's convolutions do
+    with backend_flags({"cudnn.allow_tf32": tf32}), torch.no_grad():
         for key, graphs in (("forward_eager", False), ("forward_cuda_graph", True)):
-            with _registered("cuda", CudaTritonBackend(cuda_graphs=graphs)), torch.no_grad():
+            with _registered("cuda", CudaTritonBackend(cuda_graphs=graphs)):
                 out[key] = time_cuda(model, xs, None, None, target_ms)["median_ms"]
-    finally:
-        torch.backends.cudnn.allow_tf32 = old
     return out
 
 
@@ -109,14 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = layer_plan(cfg, size, size, args.batch, dtype, tf32=tf32)
     tflops, gbs, ceilings = args.tflops, args.gbs, None
     if device == "cuda" and (tflops is None or gbs is None):
-        torch.backends.cudnn.benchmark = True
         ceilings = measure_ceilings("cuda")
         tflops = tflops or ceilings[CEILING_FOR[args.dtype]]["tflops"]
         gbs = gbs or ceilings["copy"]["gbps"]
 
     measured, rows, forward = {}, [], {}
     if timing:
-        torch.backends.cudnn.benchmark = True
         rows = time_layers(plan, device, target_ms=args.target_ms)
         measured = {r["name"]: {"unet_fast": r.get("unet_fast", {}).get("median_ms"),
                                 "aten": r.get("aten", {}).get("median_ms"),

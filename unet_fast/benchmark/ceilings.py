@@ -5,11 +5,11 @@ On the CPU the matmul ceiling is the better of torch.mm and the same GEMM throug
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import torch
 
+from .flags import backend_flags
 from .timing import time_cpu, time_cuda
 
 # which measured matmul rate a row of each precision is compared against
@@ -17,22 +17,12 @@ PEAK_FOR_PRECISION = {"fp32": "matmul_fp32", "tf32": "matmul_tf32", "bf16": "mat
                       "fp16": "matmul_fp16"}
 
 
-@contextlib.contextmanager
-def _tf32(enabled: bool):
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-
-
 def _matmul(device: str, dtype: torch.dtype, n: int, tf32: bool, repeats: int | None) -> dict:
     gen = torch.Generator(device=device).manual_seed(1)
     a = [torch.randn(n, n, device=device, dtype=dtype, generator=gen) for _ in range(2)]
     b = [torch.randn(n, n, device=device, dtype=dtype, generator=gen) for _ in range(2)]
     pairs = list(zip(a, b, strict=True))
-    with _tf32(tf32):
+    with backend_flags({"cuda.matmul.allow_tf32": tf32}):
         if device == "cuda":
             stats = time_cuda(lambda p: torch.mm(*p), pairs, repeats, None, target_ms=300)
         else:

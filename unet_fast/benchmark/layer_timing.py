@@ -8,15 +8,15 @@ where the forward's time goes, and the aten column says which layers lose to cuD
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..reference import join_skip
+from .flags import backend_flags
 from .layers import Layer, LayerPlan
 from .timing import time_cpu, time_cuda
 
@@ -41,60 +41,41 @@ def unpack_head(w: torch.Tensor) -> torch.Tensor:
     return w.t().reshape(w.shape[1], w.shape[0], 1, 1).contiguous(memory_format=_CL)
 
 
-@contextlib.contextmanager
-def _cudnn_tf32(enabled: bool) -> Iterator[None]:
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = old
-
-
 def aten_equivalent(layer: Layer, args: tuple) -> Callable[[], object]:
-    """A closure doing ``layer``'s work with aten ops on ``args`` (weights unpacked once here)."""
+    """A closure doing ``layer``'s work with aten ops on ``args`` (weights unpacked once here).
+
+    Its convolutions follow ``torch.backends.cudnn.allow_tf32``; :func:`time_layers` sets it to
+    the plan's TF32 setting (the ops take theirs as an argument)."""
     op = layer.op
     if op in ("conv3x3", "conv3x3_pool"):
         x, w, b, pad = args[:4]
         relu = args[4] if op == "conv3x3" else True
-        tf32 = args[-1]
         weight = unpack_conv3x3(w)
 
         def conv():
-            with _cudnn_tf32(tf32):
-                y = F.conv2d(x, weight, b, padding=pad)
-                y = F.relu(y) if relu else y
-                return (y, F.max_pool2d(y, 2)) if op == "conv3x3_pool" else y
+            y = F.conv2d(x, weight, b, padding=pad)
+            y = F.relu(y) if relu else y
+            return (y, F.max_pool2d(y, 2)) if op == "conv3x3_pool" else y
 
         return conv
     if op == "conv3x3_cat":
-        skip, up, w, b, pad, relu, tf32 = args
+        skip, up, w, b, pad, relu, _ = args
         weight = unpack_conv3x3(w)
 
         def cat_conv():
-            with _cudnn_tf32(tf32):
-                y = F.conv2d(join_skip(skip, up, pad_up=pad == 1), weight, b, padding=pad)
-                return F.relu(y) if relu else y
+            y = F.conv2d(join_skip(skip, up, pad_up=pad == 1), weight, b, padding=pad)
+            return F.relu(y) if relu else y
 
         return cat_conv
     if op == "conv3x3_head":
-        x, w, b, hw, hb, pad, tf32 = args
+        x, w, b, hw, hb, pad, _ = args
         weight, head = unpack_conv3x3(w), unpack_head(hw)
 
-        def conv_head():
-            with _cudnn_tf32(tf32):
-                return F.conv2d(F.relu(F.conv2d(x, weight, b, padding=pad)), head, hb)
-
-        return conv_head
+        return lambda: F.conv2d(F.relu(F.conv2d(x, weight, b, padding=pad)), head, hb)
     if op == "upconv2x2":
-        x, w, b, tf32 = args
+        x, w, b, _ = args
         weight = unpack_upconv(w)
-
-        def upconv():
-            with _cudnn_tf32(tf32):
-                return F.conv_transpose2d(x, weight, b, stride=2)
-
-        return upconv
+        return lambda: F.conv_transpose2d(x, weight, b, stride=2)
     if op == "upsample_bilinear2x":
         (x,) = args
         return lambda: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
@@ -127,7 +108,8 @@ def time_layers(plan: LayerPlan, device: str, target_ms: float = 200.0, repeats:
     """Per layer: unet_fast op and aten times (median/p20/p80 ms) and their relative L2 error.
 
     Two input sets per layer so that consecutive calls do not reuse one buffer; on a GPU the L2
-    is flushed before each call (:func:`unet_fast.benchmark.timing.time_cuda`).
+    is flushed before each call (:func:`unet_fast.benchmark.timing.time_cuda`). The aten side runs
+    with ``cudnn.benchmark`` on and TF32 as the plan says, like the benchmark's cuDNN rows.
     """
     gen = torch.Generator(device=device).manual_seed(seed)
     results = []
@@ -137,7 +119,8 @@ def time_layers(plan: LayerPlan, device: str, target_ms: float = 200.0, repeats:
         aten = [aten_equivalent(layer, a) for a in sets]
         row: dict = {"name": layer.name, "op": layer.op}
         try:
-            with torch.no_grad():
+            flags = {"cudnn.allow_tf32": plan.tf32, "cudnn.benchmark": True}
+            with torch.no_grad(), backend_flags(flags):
                 row["rel_l2_vs_aten"] = rel_l2(fast_op(*sets[0]), aten[0]())
                 fast_calls = [functools.partial(fast_op, *a) for a in sets]
                 if device == "cuda":

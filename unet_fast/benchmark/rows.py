@@ -13,6 +13,7 @@ import torch
 
 from .. import reference
 from ..config import UNetConfig
+from .flags import backend_flags
 
 _CL = torch.channels_last
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -111,24 +112,11 @@ def select_rows(device: str, patterns: list[str] | None, dtypes: list[str]) -> l
     return [r for r in rows if r.precision in dtypes]
 
 
-_FLAG_ATTRS = {
-    "cudnn.allow_tf32": (torch.backends.cudnn, "allow_tf32"),
-    "cudnn.benchmark": (torch.backends.cudnn, "benchmark"),
-    "cuda.matmul.allow_tf32": (torch.backends.cuda.matmul, "allow_tf32"),
-}
-
-
 @contextlib.contextmanager
 def row_flags(spec: RowSpec) -> Iterator[dict]:
     """Set the row's backend flags and yield the full flag state it runs under."""
-    old = {k: getattr(*_FLAG_ATTRS[k]) for k in _FLAG_ATTRS}
-    try:
-        for k, v in spec.flags.items():
-            setattr(*_FLAG_ATTRS[k], v)
-        yield {k: bool(getattr(*_FLAG_ATTRS[k])) for k in _FLAG_ATTRS}
-    finally:
-        for k, v in old.items():
-            setattr(*_FLAG_ATTRS[k], v)
+    with backend_flags(spec.flags) as state:
+        yield state
 
 
 def build_module(spec: RowSpec, config: UNetConfig, state: dict, device: str) -> torch.nn.Module:
