@@ -19,22 +19,19 @@ from pathlib import Path
 
 import torch
 
-from unet_fast import sizes
-from unet_fast.config import UNetConfig
-
-DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
-          "fp32": (torch.float32, False), "tf32": (torch.float32, True)}
+from unet_fast.benchmark.layers import (
+    PRECISIONS,
+    add_network_arguments,
+    layer_plan,
+    network_from_args,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/compile_report.py",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=("paper", "same"), default="paper")
-    p.add_argument("--size", type=int, help="input height = width (default 572 paper, 512 same)")
-    p.add_argument("--batch", type=int, default=1)
+    add_network_arguments(p)
     p.add_argument("--dtypes", default="bf16", help="comma-separated: bf16, fp16, fp32, tf32")
-    p.add_argument("--base-channels", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4)
     p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (Hopper)")
     p.add_argument("--first-config-only", action="store_true",
                    help="compile only the first autotuning candidate of each conv")
@@ -53,17 +50,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    bad = [d for d in dtypes if d not in DTYPES]
-    paper = args.model == "paper"
-    size = args.size or (sizes.input_size_for_output(388, args.depth) if paper else 512)
+    bad = [d for d in dtypes if d not in PRECISIONS]
     try:
         if bad or not dtypes:
-            raise ValueError(f"--dtypes must name some of {', '.join(DTYPES)}, got {args.dtypes!r}")
-        cfg = UNetConfig(in_channels=1 if paper else 3, num_classes=2,
-                         base_channels=args.base_channels, depth=args.depth,
-                         padding="valid" if paper else "same",
-                         upsample="transpose" if paper else "bilinear")
-        sizes.check_input_size(size, cfg.depth, cfg.padding)
+            raise ValueError(f"--dtypes must name some of {', '.join(PRECISIONS)}, "
+                             f"got {args.dtypes!r}")
+        cfg, size = network_from_args(args)
     except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -71,14 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     from unet_fast.benchmark.compile_report import compile_layers, format_report, problems
-    from unet_fast.benchmark.layers import layer_plan
 
     doc = {"triton": triton.__version__, "torch": torch.__version__, "arch": args.arch,
            "model": args.model, "size": size, "batch": args.batch, "config": cfg.to_dict(),
            "reports": {}}
     found: list[str] = []
     for name in dtypes:
-        dtype, tf32 = DTYPES[name]
+        dtype, tf32 = PRECISIONS[name]
         plan = layer_plan(cfg, size, size, args.batch, dtype, tf32=tf32,
                           fuse_pool=not args.unfused_pool)
         t0 = time.perf_counter()

@@ -19,32 +19,28 @@ from pathlib import Path
 
 import torch
 
-from unet_fast import sizes
 from unet_fast.benchmark.ceilings import measure_ceilings
 from unet_fast.benchmark.environment import device_slug, environment
 from unet_fast.benchmark.flags import backend_flags
 from unet_fast.benchmark.layer_timing import time_layers
-from unet_fast.benchmark.layers import format_plan, layer_plan
+from unet_fast.benchmark.layers import (
+    PRECISIONS,
+    add_network_arguments,
+    format_plan,
+    layer_plan,
+    network_from_args,
+)
 from unet_fast.benchmark.timing import time_cuda
 from unet_fast.config import UNetConfig
 
-DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
-          "fp32": (torch.float32, False), "tf32": (torch.float32, True)}
 CEILING_FOR = {"bf16": "matmul_bf16", "fp16": "matmul_fp16", "fp32": "matmul_fp32",
                "tf32": "matmul_tf32"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/layers.py", description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=("paper", "same"), default="paper",
-                   help="paper: valid padding, 1 channel, transpose up-conv; same: same padding, "
-                        "3 channels, bilinear (milesial's layout)")
-    p.add_argument("--size", type=int, help="input height = width (default 572 paper, 512 same)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
-    p.add_argument("--base-channels", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--classes", type=int, default=2)
+    add_network_arguments(p)
+    p.add_argument("--dtype", choices=tuple(PRECISIONS), default="bf16")
     p.add_argument("--tflops", type=float, help="matmul rate for the floors (default: measured "
                    "on the GPU; none on the CPU)")
     p.add_argument("--gbs", type=float, help="copy bandwidth in GB/s for the floors (default: "
@@ -54,17 +50,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target-ms", type=float, default=200.0, help="timed milliseconds per row")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     return p.parse_args(argv)
-
-
-def _config(args: argparse.Namespace) -> tuple[UNetConfig, int]:
-    paper = args.model == "paper"
-    cfg = UNetConfig(in_channels=1 if paper else 3, num_classes=args.classes,
-                     base_channels=args.base_channels, depth=args.depth,
-                     padding="valid" if paper else "same",
-                     upsample="transpose" if paper else "bilinear")
-    size = args.size or (sizes.input_size_for_output(388, args.depth) if paper else 512)
-    sizes.check_input_size(size, cfg.depth, cfg.padding)
-    return cfg, size
 
 
 def _forward_ms(cfg: UNetConfig, size: int, batch: int, dtype: torch.dtype, tf32: bool,
@@ -90,13 +75,11 @@ def _forward_ms(cfg: UNetConfig, size: int, batch: int, dtype: torch.dtype, tf32
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg, size = _config(args)
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {args.batch}")
+        cfg, size = network_from_args(args)
     except ValueError as e:
         print(f"benchmarks/layers.py: error: {e}", file=sys.stderr)
         return 2
-    dtype, tf32 = DTYPES[args.dtype]
+    dtype, tf32 = PRECISIONS[args.dtype]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     timing = device == "cuda" or args.time
     if timing and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -132,6 +132,22 @@ def test_script_times_tiny_network_under_interpreter(tmp_path):
     assert len(doc["layers"]) == 7 and all(r["rel_l2_vs_aten"] < 1e-5 for r in doc["layers"])
 
 
+def test_script_networks_are_the_benchmarks():
+    # the per-layer table must explain the benchmark's rows: same networks, same default sizes
+    import argparse
+
+    from unet_fast.benchmark.cases import model_config, network_size
+    from unet_fast.benchmark.layers import add_network_arguments, network_from_args
+    from unet_fast.benchmark.options import BenchOptions
+
+    p = argparse.ArgumentParser()
+    add_network_arguments(p)
+    for name in ("paper", "same"):
+        cfg, size = network_from_args(p.parse_args(["--model", name]))
+        assert cfg == model_config(name, BenchOptions())
+        assert size == network_size(name, 4) == (572 if name == "paper" else 512)
+
+
 @pytest.mark.parametrize("args,message", [
     (("--size", "570"), "nearest valid"),
     (("--batch", "0"), "--batch"),

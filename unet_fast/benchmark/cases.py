@@ -44,20 +44,29 @@ class Case:
         }
 
 
-def model_config(name: str, opts: BenchOptions) -> UNetConfig:
-    """The paper network (valid padding, 1 channel) or the same-padded 3-channel network."""
-    in_ch = opts.in_channels or (1 if name == "paper" else 3)
-    padding = "valid" if name == "paper" else "same"
-    return UNetConfig(in_channels=in_ch, num_classes=opts.classes,
-                      base_channels=opts.base_channels, depth=opts.depth, padding=padding)
+def network_config(name: str, *, in_channels: int | None = None, classes: int = 2,
+                   base_channels: int = 64, depth: int = 4,
+                   upsample: str = "transpose") -> UNetConfig:
+    """The benchmark's networks: ``"paper"`` (valid padding, 1 input channel) or ``"same"`` (same
+    padding, 3 input channels: the popular PyTorch U-Net's shape)."""
+    return UNetConfig(in_channels=in_channels or (1 if name == "paper" else 3),
+                      num_classes=classes, base_channels=base_channels, depth=depth,
+                      padding="valid" if name == "paper" else "same", upsample=upsample)
 
 
-def _default_size(name: str, opts: BenchOptions) -> int:
+def network_size(name: str, depth: int, quick: bool = False) -> int:
+    """The default input size of a network's single-tile case (572 / 512 at depth 4)."""
     if name == "paper":
-        if opts.quick:
-            return sizes.min_input_size(opts.depth, "valid")
-        return 572 if opts.depth == 4 else sizes.input_size_for_output(388, opts.depth)
-    return 64 if opts.quick else 512
+        if quick:
+            return sizes.min_input_size(depth, "valid")
+        return 572 if depth == 4 else sizes.input_size_for_output(388, depth)
+    return 64 if quick else 512
+
+
+def model_config(name: str, opts: BenchOptions) -> UNetConfig:
+    """:func:`network_config` with a run's options."""
+    return network_config(name, in_channels=opts.in_channels, classes=opts.classes,
+                          base_channels=opts.base_channels, depth=opts.depth)
 
 
 def build_cases(opts: BenchOptions) -> list[Case]:
@@ -65,7 +74,7 @@ def build_cases(opts: BenchOptions) -> list[Case]:
     cases: list[Case] = []
     for name in opts.models:
         cfg = model_config(name, opts)
-        for n in opts.sizes or [_default_size(name, opts)]:
+        for n in opts.sizes or [network_size(name, opts.depth, opts.quick)]:
             sizes.check_input_size(n, cfg.depth, cfg.padding)
             out = sizes.output_size(n, cfg.depth, cfg.padding)
             cases.append(Case(

@@ -9,6 +9,7 @@ the larger term says whether a layer is bound by arithmetic or by memory.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -16,6 +17,38 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..config import UNetConfig
+
+# precision name -> (compute dtype, TF32 allowed), as the benchmark names its rows
+PRECISIONS = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
+              "fp32": (torch.float32, False), "tf32": (torch.float32, True)}
+
+
+def add_network_arguments(p: argparse.ArgumentParser) -> None:
+    """The network options shared by ``benchmarks/layers.py`` and ``compile_report.py``."""
+    p.add_argument("--model", choices=("paper", "same"), default="paper",
+                   help="paper: valid padding, 1 channel; same: same padding, 3 channels (the "
+                        "benchmark's two networks)")
+    p.add_argument("--upsample", choices=("transpose", "bilinear"), default="transpose",
+                   help="decoder up-sampling (default transpose, as the benchmark)")
+    p.add_argument("--size", type=int, help="input height = width (default 572 paper, 512 same)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--base-channels", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--classes", type=int, default=2)
+
+
+def network_from_args(args: argparse.Namespace) -> tuple[UNetConfig, int]:
+    """The configuration and input size those options name; ValueError for invalid ones."""
+    from ..sizes import check_input_size
+    from .cases import network_config, network_size
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    cfg = network_config(args.model, classes=args.classes, base_channels=args.base_channels,
+                         depth=args.depth, upsample=args.upsample)
+    size = args.size or network_size(args.model, args.depth)
+    check_input_size(size, cfg.depth, cfg.padding)
+    return cfg, size
 
 
 @dataclass(frozen=True)
