@@ -167,6 +167,15 @@ def _conv3x3_head_fake(x, weight, bias, head_weight, head_bias, padding, allow_t
     return x.new_empty((x.shape[0], head_weight.shape[1], h, w))
 
 
+def _launch_conv3x3_head(x, weight, bias, head_weight, head_bias, padding, allow_tf32, *,
+                         wrap=wrap_triton):
+    out = _conv3x3_head_fake(x, weight, bias, head_weight, head_bias, padding, allow_tf32)
+    _conv.conv3x3_launch(x, weight, bias, out, padding=padding, head_weight=head_weight,
+                         head_bias=head_bias, allow_tf32=allow_tf32,
+                         kernel=wrap(_conv.default_kernel()))
+    return out
+
+
 @triton_op("unet_fast::conv3x3_head", mutates_args=())
 def conv3x3_head(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  head_weight: torch.Tensor, head_bias: torch.Tensor | None, padding: int,
@@ -179,14 +188,6 @@ def conv3x3_head(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     _check_device(x)
     return _launch_conv3x3_head(x, weight, bias, head_weight, head_bias, padding, allow_tf32)
 
-
-def _launch_conv3x3_head(x, weight, bias, head_weight, head_bias, padding, allow_tf32, *,
-                         wrap=wrap_triton):
-    out = _conv3x3_head_fake(x, weight, bias, head_weight, head_bias, padding, allow_tf32)
-    _conv.conv3x3_launch(x, weight, bias, out, padding=padding, head_weight=head_weight,
-                         head_bias=head_bias, allow_tf32=allow_tf32,
-                         kernel=wrap(_conv.default_kernel()))
-    return out
 
 
 def _upconv2x2_fake(x, weight, bias, allow_tf32):
@@ -203,6 +204,13 @@ def _upconv2x2_fake(x, weight, bias, allow_tf32):
     return _empty_cl(x, (x.shape[0], c_out, 2 * x.shape[2], 2 * x.shape[3]))
 
 
+def _launch_upconv2x2(x, weight, bias, allow_tf32, *, wrap=wrap_triton):
+    out = _upconv2x2_fake(x, weight, bias, allow_tf32)
+    _up.upconv2x2_launch(x, weight, bias, out, allow_tf32=allow_tf32,
+                         kernel=wrap(_up.upconv2x2_kernel))
+    return out
+
+
 @triton_op("unet_fast::upconv2x2", mutates_args=())
 def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
               allow_tf32: bool) -> torch.Tensor:
@@ -211,12 +219,6 @@ def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     _check_device(x)
     return _launch_upconv2x2(x, weight, bias, allow_tf32)
 
-
-def _launch_upconv2x2(x, weight, bias, allow_tf32, *, wrap=wrap_triton):
-    out = _upconv2x2_fake(x, weight, bias, allow_tf32)
-    _up.upconv2x2_launch(x, weight, bias, out, allow_tf32=allow_tf32,
-                         kernel=wrap(_up.upconv2x2_kernel))
-    return out
 
 
 def _crop_concat_fake(skip, up, same):
@@ -229,6 +231,13 @@ def _crop_concat_fake(skip, up, same):
     return _empty_cl(skip, (skip.shape[0], skip.shape[1] + up.shape[1], *hw))
 
 
+def _launch_crop_concat(skip, up, same, *, wrap=wrap_triton):
+    out = _crop_concat_fake(skip, up, same)
+    _, off_s, off_u = _conv.join_offsets(tuple(skip.shape[2:]), tuple(up.shape[2:]), same)
+    _cc.crop_concat_launch(skip, up, out, (off_s, off_u), kernel=wrap(_cc.crop_concat_kernel))
+    return out
+
+
 @triton_op("unet_fast::crop_concat", mutates_args=())
 def crop_concat(skip: torch.Tensor, up: torch.Tensor, same: bool) -> torch.Tensor:
     """``join_skip(skip, up, same)``: ``cat([center-cropped skip, up])`` (valid) or
@@ -237,16 +246,16 @@ def crop_concat(skip: torch.Tensor, up: torch.Tensor, same: bool) -> torch.Tenso
     return _launch_crop_concat(skip, up, same)
 
 
-def _launch_crop_concat(skip, up, same, *, wrap=wrap_triton):
-    out = _crop_concat_fake(skip, up, same)
-    _, off_s, off_u = _conv.join_offsets(tuple(skip.shape[2:]), tuple(up.shape[2:]), same)
-    _cc.crop_concat_launch(skip, up, out, (off_s, off_u), kernel=wrap(_cc.crop_concat_kernel))
-    return out
-
 
 def _maxpool2x2_fake(x):
     _check("x", x, x)
     return _empty_cl(x, (x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2))
+
+
+def _launch_maxpool2x2(x, *, wrap=wrap_triton):
+    out = _maxpool2x2_fake(x)
+    _pu.maxpool2x2_launch(x, out, kernel=wrap(_pu.maxpool2x2_kernel))
+    return out
 
 
 @triton_op("unet_fast::maxpool2x2", mutates_args=())
@@ -256,15 +265,16 @@ def maxpool2x2(x: torch.Tensor) -> torch.Tensor:
     return _launch_maxpool2x2(x)
 
 
-def _launch_maxpool2x2(x, *, wrap=wrap_triton):
-    out = _maxpool2x2_fake(x)
-    _pu.maxpool2x2_launch(x, out, kernel=wrap(_pu.maxpool2x2_kernel))
-    return out
-
 
 def _upsample_bilinear2x_fake(x):
     _check("x", x, x)
     return _empty_cl(x, (x.shape[0], x.shape[1], 2 * x.shape[2], 2 * x.shape[3]))
+
+
+def _launch_upsample_bilinear2x(x, *, wrap=wrap_triton):
+    out = _upsample_bilinear2x_fake(x)
+    _pu.upsample_bilinear2x_launch(x, out, kernel=wrap(_pu.upsample_bilinear2x_kernel))
+    return out
 
 
 @triton_op("unet_fast::upsample_bilinear2x", mutates_args=())
@@ -273,11 +283,6 @@ def upsample_bilinear2x(x: torch.Tensor) -> torch.Tensor:
     _check_device(x)
     return _launch_upsample_bilinear2x(x)
 
-
-def _launch_upsample_bilinear2x(x, *, wrap=wrap_triton):
-    out = _upsample_bilinear2x_fake(x)
-    _pu.upsample_bilinear2x_launch(x, out, kernel=wrap(_pu.upsample_bilinear2x_kernel))
-    return out
 
 
 # Each op's launch sequence by op name; ``wrap`` receives each Triton kernel before it is launched
