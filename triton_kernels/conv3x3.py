@@ -270,8 +270,7 @@ def gpu_configs(dtype: torch.dtype, allow_tf32: bool, c_out: int,
             configs += [_config(s, 64) for s in _TC_NARROW_SHAPES]
         if full >= 256:
             configs += [_config(s, n) for s, n in _TC_BIG_TILES]
-    size = torch.empty((), dtype=dtype).element_size()
-    fits = [c for c in configs if _pipeline_bytes(c, size) <= _SHARED_LIMIT]
+    fits = [c for c in configs if _pipeline_bytes(c, dtype.itemsize) <= _SHARED_LIMIT]
     return fits or configs[-1:]
 
 

@@ -68,7 +68,7 @@ class TensorSpec:
         n = 1
         for s in self.shape:
             n *= s
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return n * self.dtype.itemsize
 
     def empty(self, device: str | torch.device) -> torch.Tensor:
         """An uninitialised tensor of this spec (for compiling, never for running)."""

@@ -284,7 +284,6 @@ def upsample_bilinear2x(x: torch.Tensor) -> torch.Tensor:
     return _launch_upsample_bilinear2x(x)
 
 
-
 # Each op's launch sequence by op name; ``wrap`` receives each Triton kernel before it is launched
 # (``wrap_triton`` in the ops; the sm_90 compile report passes one that compiles and launches
 # nothing: unet_fast.benchmark.compile_report).
