@@ -25,3 +25,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32():
+    """fp32 means IEEE fp32 in the tests, whose fp32 tolerances (1e-5) TF32 cannot meet; PyTorch's
+    default on CUDA is TF32 for convolutions, which the fast model follows. Tests of TF32 turn it
+    on themselves."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old

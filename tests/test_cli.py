@@ -94,9 +94,10 @@ def test_folder_probs_and_overlay(files, tmp_path, capsys):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,atol", [("float32", 5e-3), ("bfloat16", 5e-2)])
-def test_segment_on_gpu_matches_cpu(files, tmp_path, capsys, dtype, atol):
+def test_segment_on_gpu_matches_cpu(files, tmp_path, capsys, monkeypatch, dtype, atol):
     # issue 7: the same command on a GPU (Triton kernels, CUDA tiling ops) as on the CPU, on an
-    # image large enough to be cut into several tiles
+    # image large enough to be cut into several tiles; fp32 with PyTorch's default TF32 setting
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     image = tmp_path / "big.png"
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(image)

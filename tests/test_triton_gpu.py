@@ -1,7 +1,9 @@
 """GPU checks of the Triton path at full size (the paper's network), per DESIGN.md's tolerances.
 
 fp32 without TF32: <= 1e-5 relative L2 against float64. TF32, fp16, bf16: <= 2x the error PyTorch
-itself (cuDNN) makes in the same precision, and argmax labels agreeing on >= 99.9% of pixels.
+itself (cuDNN) makes in the same precision, and argmax labels agreeing on >= 99.9% of pixels, or,
+where PyTorch itself disagrees on more than 0.05% (bf16 on a random network, whose two logits are
+close), on all but 2x the pixels PyTorch gets wrong: the same 2x rule applied to the labels.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import unet_fast
 from unet_fast import reference
 
+from .test_triton_ops import opcheck_cases
 from .triton_helpers import INTERPRET, rel_l2
 
 pytestmark = [
@@ -46,6 +49,11 @@ def paper():
 
 def argmax_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.argmax(1) == b.argmax(1)).double().mean().item()
+
+
+def min_label_agreement(torch_agreement: float) -> float:
+    """DESIGN.md's 99.9%, unless PyTorch itself misses that: then 2x PyTorch's disagreement."""
+    return min(0.999, 1.0 - 2.0 * (1.0 - torch_agreement))
 
 
 def test_backend_selected(paper):
@@ -81,7 +89,13 @@ def test_reduced_precision_parity(paper, mode):
             assert y.dtype == dtype
     err, torch_err = rel_l2(y, expected), rel_l2(y_torch, expected)
     assert err <= 2 * torch_err, (err, torch_err)
-    assert argmax_agreement(y, expected) >= 0.999
+    agreement, torch_agreement = argmax_agreement(y, expected), argmax_agreement(y_torch, expected)
+    assert agreement >= min_label_agreement(torch_agreement), (agreement, torch_agreement)
+
+
+def test_min_label_agreement():
+    assert min_label_agreement(1.0) == min_label_agreement(0.9996) == 0.999
+    assert min_label_agreement(0.996) == pytest.approx(0.992)
 
 
 def test_deterministic(paper):
@@ -121,8 +135,6 @@ def test_variants_fp32(norm, upsample, padding):
 
 
 def test_opcheck_on_gpu():
-    from test_triton_ops import opcheck_cases
-
     for op, args in opcheck_cases():
         args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
         torch.library.opcheck(op, args)
