@@ -56,3 +56,31 @@ def test_opcheck_all_ops():
         torch.library.opcheck(op, args,
                               test_utils=("test_schema", "test_faketensor",
                                           "test_autograd_registration"))
+
+
+def test_every_op_launches_on_its_input_device(monkeypatch):
+    """Triton launches on the *current* CUDA device: each op makes its input's device current
+    first, so a model on cuda:1 does not launch on device 0's stream."""
+    from unet_fast import _device
+
+    seen = []
+    real = _device.device_guard
+
+    def recording(device):
+        seen.append(device)
+        return real(device)
+
+    monkeypatch.setattr(_device, "device_guard", recording)
+    for op, args in opcheck_cases():
+        seen.clear()
+        op(*args)
+        assert seen == [args[0].device], op
+
+
+def test_device_guard_selects_the_tensor_device():
+    from unet_fast._device import device_guard
+
+    guard = device_guard(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    with device_guard(torch.device("cpu")):  # nothing to select on the CPU
+        pass

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op, wrap_triton
 
+from unet_fast import _device
 from unet_fast.triton_kernels import conv3x3 as _conv
 from unet_fast.triton_kernels import crop_concat as _cc
 from unet_fast.triton_kernels import pool_upsample as _pu
@@ -91,7 +92,8 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pa
             relu: bool, allow_tf32: bool) -> torch.Tensor:
     """``relu(conv2d(x, W, bias, padding))`` with a packed ``W`` (:func:`pack_conv3x3_weight`)."""
     _check_device(x)
-    return _launch_conv3x3(x, weight, bias, padding, relu, allow_tf32)
+    with _device.device_guard(x.device):
+        return _launch_conv3x3(x, weight, bias, padding, relu, allow_tf32)
 
 
 def _conv3x3_pool_fake(x, weight, bias, padding, allow_tf32):
@@ -114,7 +116,8 @@ def conv3x3_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                  allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = relu(conv2d(x, W, bias, padding))`` and ``max_pool2d(y, 2)`` in one pass."""
     _check_device(x)
-    return _launch_conv3x3_pool(x, weight, bias, padding, allow_tf32)
+    with _device.device_guard(x.device):
+        return _launch_conv3x3_pool(x, weight, bias, padding, allow_tf32)
 
 
 def _conv3x3_cat_fake(skip, up, weight, bias, padding, relu, allow_tf32):
@@ -146,7 +149,8 @@ def conv3x3_cat(skip: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
     """``conv3x3(join_skip(skip, up, same=padding == 1), ...)`` without materialising the join:
     the skip is read center-cropped (valid) and ``up`` as if zero-padded to the skip (same)."""
     _check_device(skip)
-    return _launch_conv3x3_cat(skip, up, weight, bias, padding, relu, allow_tf32)
+    with _device.device_guard(skip.device):
+        return _launch_conv3x3_cat(skip, up, weight, bias, padding, relu, allow_tf32)
 
 
 def _conv3x3_head_fake(x, weight, bias, head_weight, head_bias, padding, allow_tf32):
@@ -186,7 +190,8 @@ def conv3x3_head(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     Returns contiguous NCHW logits; the 3x3 output is never written to memory.
     """
     _check_device(x)
-    return _launch_conv3x3_head(x, weight, bias, head_weight, head_bias, padding, allow_tf32)
+    with _device.device_guard(x.device):
+        return _launch_conv3x3_head(x, weight, bias, head_weight, head_bias, padding, allow_tf32)
 
 
 
@@ -217,7 +222,8 @@ def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """``conv_transpose2d(x, W, bias, stride=2)`` for a 2x2 kernel, ``W`` packed
     ``[C_in, 4 * C_out]`` (:func:`pack_upconv_weight`)."""
     _check_device(x)
-    return _launch_upconv2x2(x, weight, bias, allow_tf32)
+    with _device.device_guard(x.device):
+        return _launch_upconv2x2(x, weight, bias, allow_tf32)
 
 
 
@@ -243,7 +249,8 @@ def crop_concat(skip: torch.Tensor, up: torch.Tensor, same: bool) -> torch.Tenso
     """``join_skip(skip, up, same)``: ``cat([center-cropped skip, up])`` (valid) or
     ``cat([skip, zero-padded up])`` (same), in one pass."""
     _check_device(skip)
-    return _launch_crop_concat(skip, up, same)
+    with _device.device_guard(skip.device):
+        return _launch_crop_concat(skip, up, same)
 
 
 
@@ -262,7 +269,8 @@ def _launch_maxpool2x2(x, *, wrap=wrap_triton):
 def maxpool2x2(x: torch.Tensor) -> torch.Tensor:
     """``max_pool2d(x, 2)`` (floor mode)."""
     _check_device(x)
-    return _launch_maxpool2x2(x)
+    with _device.device_guard(x.device):
+        return _launch_maxpool2x2(x)
 
 
 
@@ -281,7 +289,8 @@ def _launch_upsample_bilinear2x(x, *, wrap=wrap_triton):
 def upsample_bilinear2x(x: torch.Tensor) -> torch.Tensor:
     """``interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)``."""
     _check_device(x)
-    return _launch_upsample_bilinear2x(x)
+    with _device.device_guard(x.device):
+        return _launch_upsample_bilinear2x(x)
 
 
 # Each op's launch sequence by op name; ``wrap`` receives each Triton kernel before it is launched
