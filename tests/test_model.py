@@ -240,3 +240,18 @@ def test_cuda_graph_capture_with_the_default_finite_check():
             out = fast(x)
         graph.replay()
         torch.testing.assert_close(out, expected)
+
+
+def test_weight_change_drops_every_stale_cache_entry():
+    """Entries built from old weights are garbage once the weights change (they would be rebuilt
+    on use): the first rebuild drops them all, so e.g. CUDA graphs of other shapes do not keep
+    their memory."""
+    _, fast = make_pair(base_channels=4, depth=2)
+    cache = fast.weight_cache
+    cache.get(fast, "a", lambda: 1)
+    cache.get(fast, "b", lambda: 2)
+    assert len(cache) == 2
+    with torch.no_grad():
+        fast.head.bias.add_(1.0)
+    assert cache.get(fast, "a", lambda: 3) == 3
+    assert list(cache.keys()) == ["a"]

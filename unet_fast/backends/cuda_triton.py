@@ -69,27 +69,32 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _pack3x3(folded: FoldedConv) -> PackedConv3x3:
-    from ..triton_kernels.conv3x3 import pack_conv3x3_weight
+def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNet:
+    """Fold BatchNorm into every conv of ``model`` and pack the weights for the kernels.
 
-    return PackedConv3x3(pack_conv3x3_weight(folded.weight), folded.bias.contiguous(),
-                         folded.padding)
-
-
-def pack(model: UNet, dtype: torch.dtype) -> PackedTritonUNet:
-    """Fold BatchNorm into every conv of ``model`` and pack the weights for the kernels."""
-    from ..triton_kernels.conv3x3 import pack_head_weight
+    With ``tf32`` the weights are rounded to the nearest TF32 value: tensor cores truncate fp32
+    operands of a TF32 product, which biases every product toward zero.
+    """
+    from ..triton_kernels._common import round_to_tf32
+    from ..triton_kernels.conv3x3 import pack_conv3x3_weight, pack_head_weight
     from ..triton_kernels.upconv import pack_upconv_weight
 
+    def operand(w: torch.Tensor) -> torch.Tensor:
+        return round_to_tf32(w) if tf32 else w
+
+    def conv(folded: FoldedConv) -> PackedConv3x3:
+        return PackedConv3x3(operand(pack_conv3x3_weight(folded.weight)),
+                             folded.bias.contiguous(), folded.padding)
+
     def pair(block):
-        return (_pack3x3(fold_conv(block.conv1, block.norm1, dtype)),
-                _pack3x3(fold_conv(block.conv2, block.norm2, dtype)))
+        return (conv(fold_conv(block.conv1, block.norm1, dtype)),
+                conv(fold_conv(block.conv2, block.norm2, dtype)))
 
     decoder = []
     for block in model.decoder:
         up = None
         if block.up is not None:
-            up = PackedUpconv(pack_upconv_weight(block.up.weight.detach().to(dtype)),
+            up = PackedUpconv(operand(pack_upconv_weight(block.up.weight.detach().to(dtype))),
                               block.up.bias.detach().to(dtype).contiguous()
                               if block.up.bias is not None else None)
         decoder.append((up, *pair(block)))
@@ -98,7 +103,7 @@ def pack(model: UNet, dtype: torch.dtype) -> PackedTritonUNet:
         encoder=[pair(b) for b in model.encoder],
         bottleneck=pair(model.bottleneck),
         decoder=decoder,
-        head_weight=pack_head_weight(head.weight),
+        head_weight=operand(pack_head_weight(head.weight)),
         head_bias=head.bias.contiguous(),
     )
 
@@ -119,13 +124,18 @@ class CudaTritonBackend:
             setting) and replay it; removes the ~25 kernel launches' CPU overhead, which
             dominates at batch 1. Graphs live in ``model.weight_cache`` (so they are rebuilt when
             the weights change) and each holds its own activation memory. Off by default.
+        max_graphs: how many input shapes keep a graph (least recently used dropped first).
     """
 
     name = "cuda-triton"
 
-    def __init__(self, fuse_pool: bool = True, cuda_graphs: bool = False) -> None:
+    def __init__(self, fuse_pool: bool = True, cuda_graphs: bool = False,
+                 max_graphs: int = 4) -> None:
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.fuse_pool = fuse_pool
         self.cuda_graphs = cuda_graphs
+        self.max_graphs = max_graphs
 
     def supports(self, model: UNet, x: torch.Tensor) -> bool:
         last_c_out = model.decoder[-1].conv2.out_channels
@@ -136,39 +146,51 @@ class CudaTritonBackend:
         )
 
     def forward(self, model: UNet, x: torch.Tensor) -> torch.Tensor:
-        from ..ops import fused  # noqa: F401  (registers torch.ops.unet_fast.*)
-
         dtype = compute_dtype(x, model.head.weight.dtype)
         tf32 = allow_tf32_for(dtype)
         x = x.to(dtype).contiguous(memory_format=_CL)
         if self.cuda_graphs and x.is_cuda:
-            key = (self.name, "graph", x.device, dtype, tuple(x.shape), tf32, self.fuse_pool)
-            graph, static_x, static_y = model.weight_cache.get(
-                model, key, lambda: self._capture(model, x, dtype, tf32))
-            static_x.copy_(x)
-            graph.replay()
-            return static_y.clone()
-        return self._run(self._packed(model, x, dtype), x, tf32)
+            return self._replay(model, x, dtype, tf32)
+        return self._run(self._packed(model, x, dtype, tf32), x, tf32)
 
-    def _packed(self, model: UNet, x: torch.Tensor, dtype: torch.dtype) -> PackedTritonUNet:
-        return model.weight_cache.get(model, (self.name, x.device, dtype),
-                                      lambda: pack(model, dtype))
+    def _replay(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool
+                ) -> torch.Tensor:
+        key = (self.name, "graph", x.device, dtype, tuple(x.shape), tf32, self.fuse_pool)
+        graph, static_x, static_y = model.weight_cache.get(
+            model, key, lambda: self._capture(model, x, dtype, tf32))
+        model.weight_cache.trim(lambda k: k[:2] == key[:2], self.max_graphs)
+        static_x.copy_(x)
+        graph.replay()
+        return static_y.clone()
+
+    def _packed(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool
+                ) -> PackedTritonUNet:
+        return model.weight_cache.get(model, (self.name, x.device, dtype, tf32),
+                                      lambda: pack(model, dtype, tf32))
 
     def _capture(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool):
-        packed = self._packed(model, x, dtype)
-        static_x = x.clone()
-        # Warm up on a side stream first: autotuning and compilation must not be captured.
-        stream = torch.cuda.Stream(x.device)
-        stream.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(stream):
-            self._run(packed, static_x, tf32)
-        torch.cuda.current_stream(x.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_y = self._run(packed, static_x, tf32)
+        from .._device import device_guard
+
+        packed = self._packed(model, x, dtype, tf32)
+        # The static tensors outlive this call, which may run under inference_mode (segment()
+        # does): made as normal tensors, later calls under plain no_grad can still copy into
+        # them. The graph is captured on the current device, hence the guard.
+        with device_guard(x.device), torch.inference_mode(False), torch.no_grad():
+            static_x = x.clone()
+            # Warm up on a side stream first: autotuning and compilation must not be captured.
+            stream = torch.cuda.Stream(x.device)
+            stream.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(stream):
+                self._run(packed, static_x, tf32)
+            torch.cuda.current_stream(x.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_y = self._run(packed, static_x, tf32)
         return graph, static_x, static_y
 
     def _run(self, packed: PackedTritonUNet, x: torch.Tensor, tf32: bool) -> torch.Tensor:
+        from ..ops import fused  # noqa: F401  (registers torch.ops.unet_fast.*)
+
         ops = torch.ops.unet_fast
         skips = []
         for c1, c2 in packed.encoder:
