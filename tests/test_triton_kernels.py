@@ -291,3 +291,87 @@ def test_fake_implementations_launch_nothing():
 def test_cpu_tensor_without_interpreter_is_a_clear_error():
     with pytest.raises(ValueError, match="need CUDA tensors"):
         fused.maxpool2x2(torch.randn(1, 2, 4, 4))
+
+
+def test_tuning_key_holds_the_batch_size():
+    """Batch 1 wants tiles that fill the SMs, a throughput batch larger ones: the tuning cache is
+    keyed on the batch size, in powers of two (a tiled run's smaller last batch of tiles need not
+    re-tune), capped where every layer fills the GPU many times over."""
+    assert "BATCH_BUCKET" in kconv.conv3x3_kernel_autotuned.keys
+    assert [kconv.batch_bucket(n) for n in (1, 2, 3, 16, 17, 1000)] == [1, 2, 4, 16, 32, 32]
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return self
+
+        def __call__(self, *args, **kwargs):
+            self.kwargs = kwargs
+
+    for n in (1, 3, 16):
+        rec = Recorder()
+        x = rand(n, 4, 6, 6)
+        w = kconv.pack_conv3x3_weight(rand(8, 4, 3, 3))
+        kconv.conv3x3_launch(x, w, None, torch.empty(n, 8, 4, 4, device=DEVICE), padding=0,
+                             kernel=rec)
+        assert rec.kwargs["BATCH_BUCKET"] == kconv.batch_bucket(n)
+
+
+def test_channel_offsets_past_int32():
+    """NCHW inputs put channels H*W apart: with 3 channels 2^30 apart, channel 2 starts at element
+    2^31, which an int32 channel offset wraps to a negative address. The storage is 4 GiB of
+    virtual memory of which only the few pages read are ever touched."""
+    h = w = 6
+    storage = torch.empty(2**31 + 64, dtype=F16, device=DEVICE)
+    x = storage.as_strided((1, 3, h, w), (0, 2**30, w, 1))
+    for c in range(3):
+        x[0, c] = rand(h, w, dtype=F16)
+    dense = x.contiguous()
+    weight = rand(4, 3, 3, 3, dtype=F16)
+    assert_matches(fused.conv3x3(x, kconv.pack_conv3x3_weight(weight), None, 0, False, False),
+                   F.conv2d(dense.double(), weight.double()), F16)
+    up = rand(3, 5, 2, 2, dtype=F16)
+    assert_matches(fused.upconv2x2(x, kup.pack_upconv_weight(up), None, False),
+                   F.conv_transpose2d(dense.double(), up.double(), stride=2), F16)
+
+
+def test_round_to_tf32():
+    from unet_fast.triton_kernels._common import round_to_tf32
+
+    ulp = 2.0**-10  # TF32 spacing in [1, 2)
+    x = torch.tensor([1.0, 1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 2**-20, -(1 + 3 * ulp / 2),
+                      2**-130, float("inf"), float("-inf"), 3.4028e38, float("nan")])
+    want = torch.tensor([1.0, 1.0, 1 + 2 * ulp, 1 + ulp, -(1 + 2 * ulp),  # ties go to even
+                         2**-130, float("inf"), float("-inf"), float("inf"), float("nan")])
+    torch.testing.assert_close(round_to_tf32(x), want, rtol=0, atol=0, equal_nan=True)
+    y = torch.randn(1000) * 100
+    r = round_to_tf32(y)
+    assert (r.view(torch.int32) & 0x1FFF).eq(0).all()  # on the TF32 grid ...
+    assert ((r - y).abs() <= y.abs() * 2.0**-11).all()  # ... within half a TF32 ulp
+
+
+def test_tf32_outputs_feed_the_next_layer_rounded():
+    """With TF32, the tensor cores truncate fp32 operands; every conv output (the next layer's
+    operand) is stored on the TF32 grid instead, rounded to nearest. The head's logits are not
+    an operand and stay full fp32."""
+    from unet_fast.triton_kernels._common import round_to_tf32
+
+    x = rand(2, 8, 9, 8)
+    w = kconv.pack_conv3x3_weight(rand(6, 8, 3, 3))
+    ieee = fused.conv3x3(x, w, None, 1, True, False)
+    tf32 = fused.conv3x3(x, w, None, 1, True, True)
+    # the interpreter multiplies TF32 operands exactly, so only the epilogue's rounding differs
+    torch.testing.assert_close(tf32, round_to_tf32(ieee), rtol=0, atol=0)
+    # the first conv (few channels, one K step) also rounds the network's input it reads
+    x3, w3 = rand(2, 3, 9, 8), kconv.pack_conv3x3_weight(rand(6, 3, 3, 3))
+    torch.testing.assert_close(
+        fused.conv3x3(x3, w3, None, 1, True, True),
+        round_to_tf32(fused.conv3x3(round_to_tf32(x3), w3, None, 1, True, False)), rtol=0, atol=0)
+    skip, pooled = fused.conv3x3_pool(x, w, None, 1, True)
+    torch.testing.assert_close(pooled, round_to_tf32(fused.conv3x3_pool(x, w, None, 1, False)[1]),
+                               rtol=0, atol=0)
+    up = kup.pack_upconv_weight(rand(8, 3, 2, 2))
+    torch.testing.assert_close(fused.upconv2x2(x, up, None, True),
+                               round_to_tf32(fused.upconv2x2(x, up, None, False)), rtol=0, atol=0)
+    head_w = kconv.pack_head_weight(rand(3, 6, 1, 1))
+    logits = fused.conv3x3_head(x, w, None, head_w, rand(3), 1, True)
+    assert (logits.view(torch.int32) & 0x1FFF).ne(0).any()

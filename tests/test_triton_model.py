@@ -174,3 +174,52 @@ def test_supports():
     x = torch.randn(1, 3, 8, 8, device=DEVICE)
     assert BACKEND.supports(fast, x)
     assert not BACKEND.supports(copy.deepcopy(fast).double(), x.double())
+
+
+class ArgRecorder(TorchDispatchMode):
+    """Records (op, {argument name: value}) of every unet_fast op dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[str, dict]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith("unet_fast."):
+            names = [a.name for a in func._schema.arguments]
+            self.calls.append((str(func), dict(zip(names, args, strict=False))))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_fp32_follows_cudnn_allow_tf32(monkeypatch, allow):
+    """fp32 convolutions use TF32 exactly when cuDNN's would (torch.backends.cudnn.allow_tf32);
+    half precision never does."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow)
+    _, fast = make_models("same", None, "transpose")
+    x = torch.randn(1, 3, 8, 8, device=DEVICE)
+    for dtype, want in ((torch.float32, allow), (torch.float16, False)):
+        model = copy.deepcopy(fast).to(dtype)
+        with torch.inference_mode(), ArgRecorder() as rec:
+            BACKEND.forward(model, x.to(dtype))
+        flags = [args["allow_tf32"] for _, args in rec.calls if "allow_tf32" in args]
+        assert len(flags) == 2 * 2 + 2 + 2 * 3, rec.calls
+        assert all(f is want for f in flags), (dtype, flags)
+
+
+def test_tf32_weights_packed_rounded_to_nearest(monkeypatch):
+    """TF32 convolutions get their own packed weights, rounded to the nearest TF32 value (the
+    tensor cores would truncate them); the network stays within TF32's error of float64."""
+    from unet_fast.triton_kernels._common import round_to_tf32
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    ref, fast = make_models("same", "batch", "transpose")
+    x = torch.randn(1, 3, 11, 12, device=DEVICE)
+    y = run_fast(fast, x)
+    (key,) = fast.weight_cache.keys()
+    assert key[-1] is True  # keyed on TF32
+    packed = fast.weight_cache.get(fast, key, lambda: None)
+    convs = [c for pair in (*packed.encoder, packed.bottleneck) for c in pair]
+    convs += [c for _, *pair in packed.decoder for c in pair]
+    for w in [c.weight for c in convs] + [up.weight for up, *_ in packed.decoder]:
+        torch.testing.assert_close(w, round_to_tf32(w), rtol=0, atol=0)
+    assert 0 < rel_l2(y, reference64(ref, x)) <= 2e-3

@@ -59,6 +59,29 @@ def interpreter_upcast(dtype: torch.dtype) -> bool:
     return INTERPRET and dtype == torch.bfloat16
 
 
+def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 ``t`` rounded to the nearest TF32 value (10 mantissa bits, ties to even), as fp32.
+
+    Tensor cores read fp32 operands of a TF32 product by dropping the low 13 mantissa bits
+    (truncation, biased toward zero; triton-lang/triton#4574); operands already on the TF32 grid
+    lose nothing, so rounding them first gives round-to-nearest products. NaN and Inf pass.
+    """
+    bits = t.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    rounded = (bits + 0xFFF + ((bits >> 13) & 1)) & 0xFFFFE000
+    rounded = torch.where((bits & 0x7F800000) == 0x7F800000, bits, rounded)
+    rounded = torch.where(rounded >= 2**31, rounded - 2**32, rounded)
+    return rounded.to(torch.int32).view(torch.float32).reshape(t.shape)
+
+
+@triton.jit
+def round_tf32(x):
+    """In-kernel :func:`round_to_tf32`."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0xFFF + ((bits >> 13) & 1)) & 0xFFFFE000
+    finite = (bits & 0x7F800000) != 0x7F800000
+    return tl.where(finite, rounded, bits).to(tl.float32, bitcast=True)
+
+
 @triton.jit
 def round_to_bf16_exact(x):
     """fp32 ``x`` rounded to the nearest bf16 value (ties to even), still as fp32.

@@ -35,6 +35,7 @@ from ._common import (
     dot_precision,
     interpreter_upcast,
     next_pow2,
+    round_tf32,
     round_to_bf16_exact,
 )
 
@@ -61,7 +62,7 @@ def _accumulate_source(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, 
         ok = m_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
         c_ok = c < C
         pix = iy.to(tl.int64) * s_h + ix.to(tl.int64) * s_w
-        a = tl.load(img + pix[:, None] + c[None, :] * s_c, mask=ok[:, None] & c_ok[None, :],
+        a = tl.load(img + pix[:, None] + c.to(tl.int64)[None, :] * s_c, mask=ok[:, None] & c_ok[None, :],
                     other=0.0)
         w = tl.load(w_ptr + (tap * c_in + w_row0 + c)[:, None] * C_out + co[None, :],
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
@@ -90,8 +91,10 @@ def _accumulate_flat(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, n,
     iy = sy[:, None] + (tap // 3 - PAD)[None, :]
     ix = sx[:, None] + (tap % 3 - PAD)[None, :]
     ok = m_ok[:, None] & k_ok[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-    off = iy.to(tl.int64) * s_h + ix.to(tl.int64) * s_w + c[None, :] * s_c
+    off = iy.to(tl.int64) * s_h + ix.to(tl.int64) * s_w + c.to(tl.int64)[None, :] * s_c
     a = tl.load(src_ptr + n * s_n + off, mask=ok, other=0.0)
+    if PRECISION == "tf32":
+        a = round_tf32(a)  # the network's input is not on the TF32 grid (a few channels: cheap)
     w = tl.load(w_ptr + k[:, None] * C_out + co[None, :], mask=k_ok[:, None] & n_ok[None, :],
                 other=0.0)
     if UPCAST:
@@ -100,14 +103,16 @@ def _accumulate_flat(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, n,
     return tl.dot(a, w, acc, input_precision=PRECISION)
 
 
-@triton.jit
+# BATCH_BUCKET only keys the autotuner's cache (batch_bucket); unspecialised, so batch 1 and 16 do
+# not compile two copies of the same code.
+@triton.jit(do_not_specialize=["BATCH_BUCKET"])
 def conv3x3_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy1, ox1,
     x2_ptr, x2_sn, x2_sh, x2_sw, x2_sc, C2, H2, W2, oy2, ox2,
     w_ptr, b_ptr, C_out,
     y_ptr, y_sn, y_sh, y_sw, y_sc, H_out, W_out,
     p_ptr, p_sn, p_sh, p_sw, p_sc,
-    hw_ptr, hb_ptr, NUM_CLASSES,
+    hw_ptr, hb_ptr, NUM_CLASSES, BATCH_BUCKET,
     PAD: tl.constexpr, HAS_X2: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
     POOL: tl.constexpr, HEAD: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -160,6 +165,10 @@ def conv3x3_kernel(
     # Round to the storage dtype once, as an unfused network would between layers.
     if UPCAST:
         acc = round_to_bf16_exact(acc)
+    if PRECISION == "tf32":
+        # the output is only ever a TF32 operand (next conv, pooled, head): round it to nearest
+        # here, once, instead of letting the tensor cores truncate it at every use
+        acc = round_tf32(acc)
     out = acc.to(y_ptr.dtype.element_ty)
 
     if HEAD:
@@ -175,11 +184,11 @@ def conv3x3_kernel(
         if UPCAST:
             logits = round_to_bf16_exact(logits)
         y_off = n * y_sn + oy.to(tl.int64)[:, None] * y_sh + ox.to(tl.int64)[:, None] * y_sw
-        tl.store(y_ptr + y_off + j[None, :] * y_sc, logits.to(y_ptr.dtype.element_ty),
+        tl.store(y_ptr + y_off + j.to(tl.int64)[None, :] * y_sc, logits.to(y_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & j_ok[None, :])
     else:
         y_off = n * y_sn + oy.to(tl.int64)[:, None] * y_sh + ox.to(tl.int64)[:, None] * y_sw
-        tl.store(y_ptr + y_off + co[None, :] * y_sc, out, mask=m_ok[:, None] & n_ok[None, :])
+        tl.store(y_ptr + y_off + co.to(tl.int64)[None, :] * y_sc, out, mask=m_ok[:, None] & n_ok[None, :])
 
     if POOL:
         pooled = tl.max(tl.reshape(out, (4, QUARTER, BLOCK_N)), axis=0)
@@ -188,7 +197,7 @@ def conv3x3_kernel(
         px = tx0 // 2 + pp % (BLOCK_W // 2)
         p_ok = (py < H_out // 2) & (px < W_out // 2)
         p_off = n * p_sn + py.to(tl.int64)[:, None] * p_sh + px.to(tl.int64)[:, None] * p_sw
-        tl.store(p_ptr + p_off + co[None, :] * p_sc, pooled, mask=p_ok[:, None] & n_ok[None, :])
+        tl.store(p_ptr + p_off + co.to(tl.int64)[None, :] * p_sc, pooled, mask=p_ok[:, None] & n_ok[None, :])
 
 
 def pack_conv3x3_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -295,9 +304,15 @@ def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> l
 AUTOTUNE = not INTERPRET and os.environ.get("UNET_FAST_AUTOTUNE", "1") != "0"
 conv3x3_kernel_autotuned = triton.autotune(
     configs=_ALL_CONFIGS,
-    key=["C1", "C2", "C_out", "H_out", "W_out", "PAD", "HAS_X2", "POOL", "HEAD", "PRECISION"],
+    key=["C1", "C2", "C_out", "H_out", "W_out", "BATCH_BUCKET", "PAD", "HAS_X2", "POOL", "HEAD",
+         "PRECISION"],
     prune_configs_by={"early_config_prune": prune_configs},
 )(conv3x3_kernel)
+
+
+def batch_bucket(n: int) -> int:
+    """The batch size as the tuning cache sees it: the next power of two, at most 32."""
+    return min(next_pow2(n), 32)
 
 
 def default_kernel():
@@ -382,7 +397,7 @@ def conv3x3_launch(
         out, *_nhwc_strides(out), h_out, w_out,
         p, *_nhwc_strides(p),
         head_weight if head else weight, head_bias if head_bias is not None else weight,
-        num_classes,
+        num_classes, BATCH_BUCKET=batch_bucket(n),
         PAD=padding, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, RELU=relu,
         POOL=pooled is not None, HEAD=head,
         PRECISION=dot_precision(x.dtype, allow_tf32), UPCAST=interpreter_upcast(x.dtype),

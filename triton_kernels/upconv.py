@@ -12,7 +12,13 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, dot_precision, interpreter_upcast, round_to_bf16_exact
+from ._common import (
+    INTERPRET,
+    dot_precision,
+    interpreter_upcast,
+    round_tf32,
+    round_to_bf16_exact,
+)
 
 
 @triton.jit
@@ -42,7 +48,7 @@ def upconv2x2_kernel(
     for c0 in range(0, C_in, BLOCK_K):
         c = c0 + kk
         c_ok = c < C_in
-        a = tl.load(base[:, None] + c[None, :] * x_sc, mask=m_ok[:, None] & c_ok[None, :],
+        a = tl.load(base[:, None] + c.to(tl.int64)[None, :] * x_sc, mask=m_ok[:, None] & c_ok[None, :],
                     other=0.0)
         w = tl.load(w_ptr + c[:, None] * n4 + j[None, :], mask=c_ok[:, None] & j_ok[None, :],
                     other=0.0)
@@ -57,9 +63,12 @@ def upconv2x2_kernel(
         acc += tl.load(b_ptr + co, mask=j_ok, other=0.0).to(tl.float32)[None, :]
     oy = 2 * iy[:, None] + (tap // 2)[None, :]
     ox = 2 * ix[:, None] + (tap % 2)[None, :]
-    off = n[:, None] * y_sn + oy.to(tl.int64) * y_sh + ox.to(tl.int64) * y_sw + co[None, :] * y_sc
+    off = (n[:, None] * y_sn + oy.to(tl.int64) * y_sh + ox.to(tl.int64) * y_sw
+           + co.to(tl.int64)[None, :] * y_sc)
     if UPCAST:
         acc = round_to_bf16_exact(acc)
+    if PRECISION == "tf32":
+        acc = round_tf32(acc)  # a TF32 operand of the next conv: rounded once, not truncated
     tl.store(y_ptr + off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
