@@ -4,7 +4,7 @@ One run measures the device's ceilings and then every implementation on the same
 latency (median, p20/p80), images/s, TFLOP/s counted from the network, % of the measured peak,
 peak memory, and error against the float64 reference. Files: options (CLI flags), cases (what is
 measured), rows (the implementations), timing, ceilings, memory, environment, runner, report,
-plot.
+plot, merge (one document from runs split over several device calls).
 """
 
 from __future__ import annotations
