@@ -6,7 +6,8 @@ through unet_fast's op and through aten/cuDNN, with their relative L2 error.
 
 Without a GPU it prints the counts (floors too when --tflops and --gbs are given); with one it
 measures the ceilings, times every layer and writes
-``benchmarks/results/layers-<model>-<size>-b<batch>-<dtype>-<device>.json``.
+``benchmarks/results/layers-<model>-<size>-b<batch>-<dtype>-<device>.json`` after every layer
+(``"complete": false`` until the whole forward is timed too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from unet_fast._atomic import atomic_path
 from unet_fast.benchmark.ceilings import measure_ceilings
 from unet_fast.benchmark.environment import device_slug, environment
 from unet_fast.benchmark.flags import backend_flags
@@ -94,9 +96,30 @@ def main(argv: list[str] | None = None) -> int:
         tflops = tflops or ceilings[CEILING_FOR[args.dtype]]["tflops"]
         gbs = gbs or ceilings["copy"]["gbps"]
 
+    out_dir = Path(args.out_dir)
+    path = out_dir / f"layers-{args.model}-{size}-b{args.batch}-{args.dtype}-{device_slug(device)}.json"
+    env = environment(device) if timing else None
+
+    def save(rows: list[dict], forward: dict, complete: bool) -> None:
+        """Write what is measured so far (atomically): a killed run keeps its finished layers."""
+        doc = {
+            "kind": "layers", "complete": complete, "model": args.model, "config": cfg.to_dict(),
+            "size": size, "batch": args.batch, "dtype": args.dtype, "environment": env,
+            "ceilings": ceilings, "floor_tflops": tflops, "floor_gbs": gbs,
+            "flops": plan.flops, "min_bytes": plan.min_bytes, "forward_ms": forward,
+            "layers": [dict(r, flops=layer.flops, min_bytes=layer.min_bytes,
+                            out_shape=list(layer.outputs[0].shape),
+                            floor_ms=layer.floor_ms(tflops, gbs)[0] if tflops and gbs else None)
+                       for r, layer in zip(rows, plan.layers, strict=False)],
+        }
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1))
+
     measured, rows, forward = {}, [], {}
     if timing:
-        rows = time_layers(plan, device, target_ms=args.target_ms)
+        rows = time_layers(plan, device, target_ms=args.target_ms,
+                           on_row=lambda done: save(done, {}, complete=False))
         measured = {r["name"]: {"unet_fast": r.get("unet_fast", {}).get("median_ms"),
                                 "aten": r.get("aten", {}).get("median_ms"),
                                 "rel_l2": r.get("rel_l2_vs_aten")} for r in rows}
@@ -114,23 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key}: {ms:.4f} ms")
     if not timing:
         return 0
-
-    doc = {
-        "kind": "layers", "model": args.model, "config": cfg.to_dict(), "size": size,
-        "batch": args.batch, "dtype": args.dtype, "environment": environment(device),
-        "ceilings": ceilings, "floor_tflops": tflops, "floor_gbs": gbs,
-        "flops": plan.flops, "min_bytes": plan.min_bytes, "forward_ms": forward,
-        "layers": [dict(r, flops=layer.flops, min_bytes=layer.min_bytes,
-                        out_shape=list(layer.outputs[0].shape),
-                        floor_ms=layer.floor_ms(tflops, gbs)[0] if tflops and gbs else None)
-                   for r, layer in zip(rows, plan.layers, strict=True)],
-    }
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"layers-{args.model}-{size}-b{args.batch}-{args.dtype}-{device_slug(device)}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
+    save(rows, forward, complete=True)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,12 @@ import torch
 
 import unet_fast
 from unet_fast import sizes
-from unet_fast.benchmark import main
+from unet_fast.benchmark import environment as bench_env
+from unet_fast.benchmark import main, memory, runner
 from unet_fast.benchmark.cases import Case, compare, mirror_extend
 from unet_fast.benchmark.report import format_table
 from unet_fast.benchmark.rows import cpu_rows, cuda_rows, select_rows
+from unet_fast.benchmark.timing import CompileTimeout, time_limit
 from unet_fast.config import UNetConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,8 +92,9 @@ def test_quick_run_table_plot_and_progress(quick_run):
         assert name in proc.stdout
     assert "== paper-188  batch 1" in proc.stdout and "GFLOP/s" in proc.stdout
     assert format_table(doc).splitlines()[0].startswith("device:")
-    # one progress line per row on stderr
-    assert proc.stderr.count("] paper-188 b=1 ") == len(CPU_ROWS)
+    # a line when each row starts (a killed log shows which one hung) and one with its result
+    assert proc.stderr.count("] paper-188 b=1 ") == 2 * len(CPU_ROWS)
+    assert "[1/18] paper-188 b=1 eager-nchw-fp32: started" in proc.stderr
     pytest.importorskip("matplotlib")
     png = out / f"{doc['environment']['slug']}.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
@@ -181,6 +185,7 @@ def test_cli_bench_quick_runs(tmp_path):
     (["--dtypes", "fp64"], "unknown --dtypes"),
     (["--model", "paper", "--sizes", "500"], "nearest valid"),
     (["--model", "huge"], "unknown --model"),
+    (["--deadline", "0"], "--deadline"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path):
     assert main([*argv, "--quick", "--out-dir", str(tmp_path)]) == 2
@@ -229,3 +234,313 @@ def test_mirror_extend_matches_numpy_reflect():
                   mode="reflect")
     assert ext.shape[-1] == pass_size and np.array_equal(ext.numpy(), want)
     assert torch.equal(ext[:, m:m + n, m:m + n], img)
+
+
+# --- robustness on the device: failures, kills and deadlines never lose the results -----------
+
+FAKE_CEILINGS = {"matmul_fp32": {"tflops": 1.0}, "matmul_tf32": {"tflops": 1.0},
+                 "matmul_bf16": {"tflops": 2.0}, "matmul_fp16": {"tflops": 2.0},
+                 "copy": {"gbps": 10.0}}
+# a tiny network, one case, instant ceilings: what these tests check is the loop, not the numbers
+TINY = ["--quick", "--model", "same", "--image-sizes", "none", "--threads", "1", "--no-plot"]
+DEAD = "AcceleratorError: CUDA error: an illegal memory access was encountered"
+
+
+@pytest.fixture
+def fake_ceilings(monkeypatch):
+    """Instant ceilings; the list records every measurement (the run's start and end)."""
+    calls: list[str] = []
+
+    def measure(device, quick=False):
+        calls.append(device)
+        return json.loads(json.dumps(FAKE_CEILINGS))
+
+    monkeypatch.setattr(runner, "measure_ceilings", measure)
+    return calls
+
+
+def _states(doc: dict) -> list[tuple]:
+    return [(r["batch"], r["row"], r["status"]) for r in doc["rows"]]
+
+
+def test_row_start_failure_on_a_dead_context_skips_the_rest(tmp_path, monkeypatch, fake_ceilings,
+                                                            capsys):
+    real_start = memory.MemoryProbe.start
+    starts = []
+
+    def start(self):
+        starts.append(1)
+        if len(starts) == 2:  # the synchronize in start() meets an earlier sticky CUDA error
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        real_start(self)
+
+    monkeypatch.setattr(memory.MemoryProbe, "start", start)
+    monkeypatch.setattr(runner, "device_error", lambda device: DEAD)
+    assert main([*TINY, "--rows", "eager-nchw-fp32,eager-cl-fp32", "--batches", "1,2",
+                 "--out-dir", str(tmp_path)]) == 0
+    doc = _load(tmp_path)
+    assert _states(doc) == [(1, "eager-nchw-fp32", "ok"), (1, "eager-cl-fp32", "error"),
+                            (2, "eager-nchw-fp32", "skipped"), (2, "eager-cl-fp32", "skipped")]
+    assert "illegal memory access" in doc["rows"][1]["error"]
+    for r in doc["rows"][2:]:
+        assert r["error"] == f"CUDA context unusable after same-64 b=1 eager-cl-fp32: {DEAD}"
+    assert fake_ceilings == ["cpu"]  # no re-measurement on a dead context
+    assert doc["complete"] is True and doc["ceilings"]["copy"]["gbps"] == 10.0
+    assert any("context unusable" in n for n in doc["notes"])
+    assert "SKIPPED: CUDA context unusable" in capsys.readouterr().err
+
+
+def test_inputs_that_cannot_move_fail_their_batch_only(tmp_path, monkeypatch, fake_ceilings):
+    real = runner.inputs_on_device
+    calls = []
+
+    def to_device(inputs, device):
+        calls.append(inputs[0].shape[0])
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return real(inputs, device)
+
+    monkeypatch.setattr(runner, "inputs_on_device", to_device)
+    assert main([*TINY, "--rows", "eager-nchw-fp32", "--batches", "1,2",
+                 "--out-dir", str(tmp_path)]) == 0
+    doc = _load(tmp_path)
+    assert calls == [1, 2]
+    assert _states(doc) == [(1, "eager-nchw-fp32", "error"), (2, "eager-nchw-fp32", "ok")]
+    assert doc["rows"][0]["error"] == ("moving the inputs to cpu failed: RuntimeError: CUDA "
+                                       "error: out of memory")
+    assert fake_ceilings == ["cpu", "cpu"]
+
+
+def test_device_error_probes_the_cuda_context(monkeypatch):
+    assert runner.device_error("cpu") is None
+
+    def sticky():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", sticky)
+    assert runner.device_error("cuda") == ("RuntimeError: CUDA error: an illegal memory access "
+                                           "was encountered")
+
+
+@pytest.mark.gpu
+def test_device_error_is_none_on_a_working_gpu():
+    assert runner.device_error("cuda") is None
+
+
+def _timeout_in_inner_exception():
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    try:
+        raise CompileTimeout("took longer than 2 s")
+    except CompileTimeout as e:
+        raise BackendCompilerFailed(lambda: None, e, None) from None  # hides cause and context
+
+
+def _timeout_as_cause():
+    try:
+        _timeout_in_inner_exception()
+    except Exception as e:
+        raise RuntimeError("InductorError: wrapped again") from e
+
+
+def _timeout_as_context():
+    try:
+        raise CompileTimeout("took longer than 2 s")
+    except CompileTimeout:
+        raise ValueError("raised while handling it")  # noqa: B904
+
+
+@pytest.mark.parametrize("raiser", [_timeout_in_inner_exception, _timeout_as_cause,
+                                    _timeout_as_context])
+def test_compile_timeout_is_found_through_wrappers(raiser):
+    with pytest.raises(Exception) as info:
+        raiser()
+    found = runner.find_compile_timeout(info.value)
+    assert isinstance(found, CompileTimeout) and "2 s" in str(found)
+    assert runner.find_compile_timeout(RuntimeError("CUDA error")) is None
+
+
+def test_time_limit_fires_again_when_the_first_timeout_is_swallowed():
+    t0 = time.perf_counter()
+    with pytest.raises(CompileTimeout), time_limit(0.05, repeat=0.05) as limit:
+        try:
+            time.sleep(5)
+        except CompileTimeout:
+            pass  # as a library's broad except would
+        time.sleep(5)
+    assert limit.fired and time.perf_counter() - t0 < 2
+    with time_limit(5) as limit:
+        pass
+    assert not limit.fired
+
+
+def test_compile_row_past_its_timeout_is_skipped_not_error(tmp_path, monkeypatch, fake_ceilings):
+    def fake_compile(module, mode=None):
+        def compiled(x):
+            _timeout_as_cause()  # what dynamo makes of the alarm's exception
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert main(["--model", "same", "--sizes", "64", "--base-channels", "4", "--image-sizes",
+                 "none", "--repeats", "1", "--threads", "1", "--no-plot", "--rows",
+                 "compile-fp32", "--compile-timeout", "2", "--out-dir", str(tmp_path)]) == 0
+    (row,) = _load(tmp_path)["rows"]
+    assert row["status"] == "skipped", row
+    assert row["error"] == ("torch.compile took longer than 2 s; raise --compile-timeout to "
+                            "run it")
+
+
+class _FakeCudaMemory:
+    """torch.cuda's allocator counters, driven by the test (bytes)."""
+
+    def __init__(self, monkeypatch):
+        self.allocated = self.reserved = self.peak = self.cached_free = 0
+        self.emptied = 0
+        for name in ("synchronize", "memory_allocated", "memory_reserved", "max_memory_allocated",
+                     "reset_peak_memory_stats", "empty_cache"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+
+    def synchronize(self):
+        pass
+
+    def memory_allocated(self):
+        return self.allocated
+
+    def memory_reserved(self):
+        return self.reserved + self.cached_free
+
+    def max_memory_allocated(self):
+        return self.peak
+
+    def reset_peak_memory_stats(self):
+        self.peak = self.allocated
+
+    def empty_cache(self):
+        self.emptied += 1
+        self.cached_free = 0
+
+    def alloc(self, n):
+        self.allocated += n
+        self.reserved += n
+        self.peak = max(self.peak, self.allocated)
+
+    def free(self, n, to_cache=True):
+        self.allocated -= n
+        if to_cache:  # a freed block stays reserved until empty_cache
+            self.reserved -= n
+            self.cached_free += n
+
+
+MB = 2**20
+
+
+def test_cuda_peak_memory_counts_a_graphs_private_pool(monkeypatch):
+    mem = _FakeCudaMemory(monkeypatch)
+    mem.alloc(100 * MB)  # the shared inputs
+    probe = memory.MemoryProbe("cuda")
+    probe.start()
+    mem.alloc(50 * MB)  # weights
+    mem.alloc(400 * MB)  # activations, captured into the graph's private pool ...
+    mem.allocated -= 400 * MB  # ... freed into that pool: still reserved, no longer allocated
+    mem.alloc(256 * MB)
+    mem.free(256 * MB)  # the L2 flush buffer: a cached free block until empty_cache
+    probe.arm()
+    mem.alloc(2 * MB)  # the replay writes into the static output; nothing else is allocated
+    assert probe.peak_mb() == pytest.approx(452)  # weights + private pool + output
+    assert mem.emptied >= 1 and "private" in probe.note
+
+
+def test_cuda_peak_memory_of_an_eager_row_is_its_allocation_peak(monkeypatch):
+    mem = _FakeCudaMemory(monkeypatch)
+    mem.alloc(100 * MB)
+    probe = memory.MemoryProbe("cuda")
+    probe.start()
+    mem.alloc(50 * MB)
+    probe.arm()
+    mem.alloc(300 * MB)  # activations during the call
+    mem.free(298 * MB)
+    assert probe.peak_mb() == pytest.approx(350)
+
+
+def test_results_are_on_disk_after_every_row_when_the_run_is_killed(tmp_path, monkeypatch,
+                                                                     fake_ceilings):
+    real = runner.run_row
+    done = []
+
+    def run_row(*args, **kwargs):
+        if len(done) == 2:
+            raise KeyboardInterrupt  # stands for the device call's kill
+        done.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_row", run_row)
+    with pytest.raises(KeyboardInterrupt):
+        main([*TINY, "--rows", "eager-nchw-fp32,eager-cl-fp32,unet_fast-fp32",
+              "--out-dir", str(tmp_path)])
+    doc = _load(tmp_path)  # the only file: no temporary left behind
+    assert doc["complete"] is False
+    assert _states(doc) == [(1, "eager-nchw-fp32", "ok"), (1, "eager-cl-fp32", "ok")]
+    assert doc["rows"][1]["speedup_vs_eager"] > 0 and doc["summary"]
+
+
+def test_deadline_stops_starting_rows_and_writes_the_document(tmp_path, monkeypatch,
+                                                              fake_ceilings, capsys):
+    real = runner.run_row
+
+    def slow_row(*args, **kwargs):
+        row = real(*args, **kwargs)
+        time.sleep(0.6)
+        return row
+
+    monkeypatch.setattr(runner, "run_row", slow_row)
+    assert main([*TINY, "--rows", "eager-nchw-fp32,eager-cl-fp32,unet_fast-fp32",
+                 "--deadline", "0.5", "--out-dir", str(tmp_path)]) == 0
+    doc = _load(tmp_path)
+    assert _states(doc) == [(1, "eager-nchw-fp32", "ok"), (1, "eager-cl-fp32", "skipped"),
+                            (1, "unet_fast-fp32", "skipped")]
+    assert {r["error"] for r in doc["rows"][1:]} == {"not started: --deadline 0.5 s reached"}
+    assert fake_ceilings == ["cpu"] and doc["complete"] is True
+    err = capsys.readouterr().err
+    assert "[1/3] same-64 b=1 eager-nchw-fp32: started" in err
+    assert "eager-cl-fp32: started" not in err
+
+
+def test_a_failing_plot_costs_the_plot_only(tmp_path, monkeypatch, fake_ceilings, capsys):
+    from unet_fast.benchmark import plot
+
+    def broken_plot(result, path):
+        # the final document is on disk before the plot is attempted
+        assert _load(tmp_path)["complete"] is True
+        raise RuntimeError("Agg backend exploded")
+
+    monkeypatch.setattr(plot, "write_plot", broken_plot)
+    argv = [a for a in TINY if a != "--no-plot"]
+    assert main([*argv, "--rows", "eager-nchw-fp32", "--out-dir", str(tmp_path)]) == 0
+    doc = _load(tmp_path)
+    assert doc["plot"] is None and doc["complete"] is True
+    assert "no plot: RuntimeError: Agg backend exploded" in doc["notes"]
+    err = capsys.readouterr().err
+    assert err.count("Agg backend exploded") == 1
+
+
+def test_git_revision_from_the_environment_without_a_checkout(monkeypatch):
+    monkeypatch.setattr(bench_env, "_run", lambda cmd, cwd=None: None)
+    monkeypatch.delenv("UNET_FAST_GIT_REVISION", raising=False)
+    monkeypatch.delenv("UNET_FAST_GIT_DIRTY", raising=False)
+    assert bench_env.git_revision()["revision"] is None
+    monkeypatch.setenv("UNET_FAST_GIT_REVISION", "0123abcd")
+    assert bench_env.git_revision() == {"revision": "0123abcd", "dirty": None,
+                                        "note": "from UNET_FAST_GIT_REVISION"}
+    monkeypatch.setenv("UNET_FAST_GIT_DIRTY", "1")
+    assert bench_env.git_revision()["dirty"] is True
+    monkeypatch.setenv("UNET_FAST_GIT_DIRTY", "0")
+    assert bench_env.git_revision()["dirty"] is False
+
+
+def test_cleanup_resets_dynamo_before_collecting(monkeypatch):
+    order = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: order.append("reset"))
+    monkeypatch.setattr(runner.gc, "collect", lambda *a: order.append("collect"))
+    runner._cleanup("cpu", compiled=True)
+    assert order == ["reset", "collect"]

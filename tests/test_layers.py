@@ -95,8 +95,10 @@ def test_time_layers_aten_equivalents_match_the_ops(cfg, size):
     from unet_fast.benchmark.layer_timing import time_layers
 
     device = "cpu" if INTERPRET else "cuda"
+    seen = []
     rows = time_layers(layer_plan(cfg, size, size, 2, torch.float32), device, repeats=1,
-                       log=open(os.devnull, "w"))
+                       log=open(os.devnull, "w"), on_row=lambda done: seen.append(len(done)))
+    assert seen == list(range(1, len(rows) + 1))  # told after every layer
     assert [r["name"] for r in rows] == [layer.name for layer in layer_plan(cfg, size, size).layers]
     for r in rows:
         assert "error" not in r, r
@@ -130,6 +132,7 @@ def test_script_times_tiny_network_under_interpreter(tmp_path):
 
     doc = json.loads(path.read_text())
     assert len(doc["layers"]) == 7 and all(r["rel_l2_vs_aten"] < 1e-5 for r in doc["layers"])
+    assert doc["complete"] is True and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_script_networks_are_the_benchmarks():

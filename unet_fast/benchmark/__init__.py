@@ -4,7 +4,7 @@ One run measures the device's ceilings and then every implementation on the same
 latency (median, p20/p80), images/s, TFLOP/s counted from the network, % of the measured peak,
 peak memory, and error against the float64 reference. Files: options (CLI flags), cases (what is
 measured), rows (the implementations), timing, ceilings, memory, environment, runner, report,
-plot.
+plot, merge (one document from runs split over several device calls).
 """
 
 from __future__ import annotations
@@ -25,25 +25,43 @@ __all__ = ["BenchOptions", "add_arguments", "check_options", "format_table", "li
 def run(opts: BenchOptions) -> tuple[dict, Path, Path | None]:
     """Run the benchmark, print the table, write the JSON (and the PNG unless disabled).
 
+    The JSON is written after every row (``"complete": false`` until the end) and in full
+    before the plot is drawn; a plot that fails costs the plot only (a note in the JSON).
     Returns the results document, the JSON path and the PNG path (None when not written).
     """
-    result = run_benchmark(opts)
-    print_table(result, sys.stdout)
-    json_path, png_path = result_paths(result, opts.out_dir, opts.tag)
-    written: Path | None = None
-    if opts.plot:
-        try:
-            from .plot import write_plot
+    def checkpoint(doc: dict) -> None:
+        write_json(doc, result_paths(doc, opts.out_dir, opts.tag)[0])
 
-            write_plot(result, png_path)
-            written = png_path
-        except ImportError:
-            result.setdefault("notes", []).append("no plot: matplotlib is not installed")
-            print("no plot written: matplotlib is not installed", file=sys.stderr)
-    result["plot"] = str(written) if written else None
+    result = run_benchmark(opts, checkpoint=checkpoint)
+    json_path, png_path = result_paths(result, opts.out_dir, opts.tag)
+    result["plot"] = None
     write_json(result, json_path)
+    print_table(result, sys.stdout)
+    written = None
+    if opts.plot:
+        written = write_plot_or_note(result, png_path)
+        write_json(result, json_path)  # its path, or the note saying why there is none
     print(f"wrote {json_path}" + (f" and {written}" if written else ""), file=sys.stderr)
     return result, json_path, written
+
+
+def write_plot_or_note(result: dict, png_path: Path) -> Path | None:
+    """Draw the PNG and record it in ``result["plot"]``; on any failure add a note to the
+    document, print one line on stderr and return None."""
+    try:
+        from . import plot
+
+        plot.write_plot(result, png_path)
+    except ImportError:
+        why = "matplotlib is not installed"
+    except Exception as e:  # a plot is never worth the results
+        why = f"{type(e).__name__}: {e}".strip()
+    else:
+        result["plot"] = str(png_path)
+        return png_path
+    result.setdefault("notes", []).append(f"no plot: {why}")
+    print(f"no plot written: {why}", file=sys.stderr)
+    return None
 
 
 def check_options(opts: BenchOptions) -> None:

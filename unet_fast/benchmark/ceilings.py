@@ -108,12 +108,15 @@ def measure_ceilings(device: str, quick: bool = False) -> dict:
     return out
 
 
-def best_ceilings(first: dict, second: dict) -> dict:
-    """Per ceiling, the better of two measurements (start and end of a run), both kept."""
+def best_ceilings(*runs: dict) -> dict:
+    """Per ceiling, the best of several measurements (the start and end of a run, or the runs a
+    merge combines), all kept in ``measured``; an entry that is itself a best of several
+    contributes its own ``measured`` list."""
     out = {}
-    for key in first.keys() | second.keys():
-        a, b = first.get(key, {}), second.get(key, {})
+    for key in sorted(set().union(*runs)):
         rate = "gbps" if key == "copy" else "tflops"
-        best = max((a, b), key=lambda m: m.get(rate) or 0.0)
-        out[key] = dict(best, measured=[a.get(rate), b.get(rate)])
-    return dict(sorted(out.items()))
+        entries = [run.get(key, {}) for run in runs]
+        best = max(entries, key=lambda m: m.get(rate) or 0.0)
+        measured = [v for m in entries for v in m.get("measured", [m.get(rate)])]
+        out[key] = dict(best, measured=measured)
+    return out

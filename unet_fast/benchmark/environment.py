@@ -46,11 +46,27 @@ def device_slug(device: str) -> str:
     return slug
 
 
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    return value not in ("0", "false", "no", "n", "off")
+
+
 def git_revision() -> dict:
-    """The checkout unet_fast is imported from: commit and whether tracked files differ."""
+    """The checkout unet_fast is imported from: commit and whether tracked files differ.
+
+    A copy of the tree without ``.git`` (as the GPU machine receives it) has no revision of its
+    own; the environment variables ``UNET_FAST_GIT_REVISION`` (and optionally
+    ``UNET_FAST_GIT_DIRTY=1/0``) name it instead, and the record says so.
+    """
     root = str(Path(unet_fast.__file__).resolve().parent.parent)
     rev = _run(["git", "rev-parse", "HEAD"], cwd=root)
     if rev is None:
+        given = os.environ.get("UNET_FAST_GIT_REVISION", "").strip()
+        if given:
+            return {"revision": given, "dirty": _env_flag("UNET_FAST_GIT_DIRTY"),
+                    "note": "from UNET_FAST_GIT_REVISION"}
         return {"revision": None, "dirty": None, "note": "not a git checkout"}
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
     return {"revision": rev, "dirty": bool(dirty)}

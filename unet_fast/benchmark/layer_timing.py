@@ -104,8 +104,10 @@ def _call(fn: Callable[[], object]) -> object:
 
 
 def time_layers(plan: LayerPlan, device: str, target_ms: float = 200.0, repeats: int | None = None,
-                seed: int = 0, log=sys.stderr) -> list[dict]:
+                seed: int = 0, log=sys.stderr,
+                on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Per layer: unet_fast op and aten times (median/p20/p80 ms) and their relative L2 error.
+    ``on_row(rows so far)`` is called after each layer (to keep partial results on disk).
 
     Two input sets per layer so that consecutive calls do not reuse one buffer; on a GPU the L2
     is flushed before each call (:func:`unet_fast.benchmark.timing.time_cuda`). The aten side runs
@@ -133,6 +135,8 @@ def time_layers(plan: LayerPlan, device: str, target_ms: float = 200.0, repeats:
             row["error"] = f"{type(e).__name__}: {e}"
             print(f"[layers] {layer.name}: {row['error']}", file=log, flush=True)
             results.append(row)
+            if on_row is not None:
+                on_row(results)
             continue
         for key, stats in (("unet_fast", fast), ("aten", ref)):
             row[key] = {k: stats[k] for k in ("median_ms", "p20_ms", "p80_ms", "repeats")}
@@ -140,4 +144,6 @@ def time_layers(plan: LayerPlan, device: str, target_ms: float = 200.0, repeats:
               f"{fast['median_ms']:.4f} ms, aten {ref['median_ms']:.4f} ms, rel. L2 "
               f"{row['rel_l2_vs_aten']:.1e}", file=log, flush=True)
         results.append(row)
+        if on_row is not None:
+            on_row(results)
     return results

@@ -32,6 +32,7 @@ class BenchOptions:
     repeats: int | None = None
     warmup: int | None = None
     compile_timeout: float = 300.0
+    deadline: float | None = None  # seconds after the start: no row starts later
     out_dir: str = "benchmarks/results"
     tag: str | None = None
     plot: bool = True
@@ -95,6 +96,11 @@ def add_arguments(p: argparse.ArgumentParser, default_out_dir: str = "benchmarks
     p.add_argument("--compile-timeout", type=float, default=None,
                    help="seconds allowed for a torch.compile row's first call (default 300 CPU, "
                         "240 GPU); a row over it is reported as skipped")
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="wall-clock seconds since the run started after which no row starts: "
+                        "the rest are recorded as skipped and the results written (for device "
+                        "calls that are killed at a time limit; leave room for the row running "
+                        "then and for start-up)")
     p.add_argument("--out-dir", default=default_out_dir,
                    help=f"where the JSON and PNG go (default {default_out_dir})")
     p.add_argument("--tag", default=None, help="suffix for the result file names")
@@ -127,6 +133,11 @@ def resolve_options(args: argparse.Namespace) -> BenchOptions:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    if args.deadline is not None and not args.deadline > 0:
+        raise ValueError(f"--deadline must be a positive number of seconds, got {args.deadline}")
+    if args.compile_timeout is not None and not args.compile_timeout > 0:
+        raise ValueError(f"--compile-timeout must be a positive number of seconds, got "
+                         f"{args.compile_timeout}")
     if args.warmup is not None and args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     quick = args.quick
@@ -158,6 +169,7 @@ def resolve_options(args: argparse.Namespace) -> BenchOptions:
         repeats=args.repeats if args.repeats is not None else (2 if quick else None),
         warmup=args.warmup if args.warmup is not None else (1 if quick else None),
         compile_timeout=timeout,
+        deadline=args.deadline,
         out_dir=args.out_dir,
         tag=args.tag,
         plot=not args.no_plot,

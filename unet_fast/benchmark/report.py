@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import TextIO
 
+from .._atomic import atomic_path
+
 
 def _clean(value):
     """JSON has no NaN/Inf: write them as null (the row's flags say why)."""
@@ -27,8 +29,12 @@ def result_paths(result: dict, out_dir: str, tag: str | None) -> tuple[Path, Pat
 
 
 def write_json(result: dict, path: Path) -> None:
+    """Write the document atomically (a temporary file in the same folder, then a rename): a
+    kill part-way leaves the previous version, never a truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(result), indent=1, allow_nan=False) + "\n")
+    text = json.dumps(_clean(result), indent=1, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _fmt(v, spec: str, missing: str = "-") -> str:
@@ -87,7 +93,8 @@ def format_table(result: dict) -> str:
         seen.setdefault(r["row"], r["description"])
     lines.append("rows: " + "; ".join(f"{k}: {v}" for k, v in seen.items()))
     lines.append("x eager: speedup over the eager NCHW row of the same block; mem: "
-                 + ("CUDA peak allocated above the shared inputs" if cuda else
+                 + ("CUDA peak above the shared inputs (allocated, or reserved by a CUDA "
+                    "graph's pool; see JSON mem_note)" if cuda else
                     "peak RSS growth (a lower bound, see JSON mem_note)")
                  + "; rel err/labels: vs the float64 reference on image 0")
     return "\n".join(lines)

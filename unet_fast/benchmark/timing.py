@@ -81,23 +81,36 @@ class CompileTimeout(Exception):
     """A row's first call (compilation) ran past its time limit."""
 
 
+class Limit:
+    """What :func:`time_limit` yields: ``fired`` turns True when the alarm went off, so a caller
+    can tell a timeout even where a library swallowed or re-raised its exception."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.fired = False
+
+
 @contextlib.contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
+def time_limit(seconds: float | None, repeat: float = 1.0) -> Iterator[Limit]:
     """Raise :class:`CompileTimeout` if the block runs longer than ``seconds`` (SIGALRM, main
-    thread of a POSIX process only; elsewhere the block runs unbounded)."""
+    thread of a POSIX process only; elsewhere the block runs unbounded), and again every
+    ``repeat`` seconds until the block ends: a raise that lands in a library's ``except
+    Exception`` (torch compilation has such fallbacks) is swallowed, the next one gets through."""
+    limit = Limit(seconds)
     usable = (seconds is not None and hasattr(signal, "SIGALRM")
               and threading.current_thread() is threading.main_thread())
     if not usable:
-        yield
+        yield limit
         return
 
     def on_alarm(signum, frame):
-        raise CompileTimeout(f"took longer than {seconds:.0f} s")
+        limit.fired = True
+        raise CompileTimeout(f"took longer than {seconds:.4g} s")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, repeat)
     try:
-        yield
+        yield limit
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
