@@ -44,6 +44,33 @@ def test_png_modes(tmp_path):
     assert read_image(tmp_path / "pal.png").shape == (3, 5, 7)
 
 
+@pytest.mark.parametrize("shape", [(3, 50), (4, 4), (2, 2), (5, 3)])
+def test_pillow_images_are_always_channels_last(tmp_path, shape):
+    # regression: the .npy layout guess was applied to Pillow arrays, so a 3-row RGB PNG came out
+    # 50 x 3 and a 4x4 / 2x2 RGB PNG as 4 / 2 channels
+    rgb = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    torch.testing.assert_close(read_image(tmp_path / "rgb.png"),
+                               torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+    la = np.random.default_rng(1).integers(0, 256, (*shape, 2), dtype=np.uint8)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    torch.testing.assert_close(read_image(tmp_path / "la.png"),
+                               torch.from_numpy(la).permute(2, 0, 1).float() / 255)
+
+
+def test_tiff_layout_comes_from_its_axes(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 7, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")  # axes YXS: 3 rows
+    torch.testing.assert_close(read_image(tmp_path / "rgb.tif"),
+                               torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    torch.testing.assert_close(read_image(tmp_path / "planar.tif"),  # axes SYX: 3 channels
+                               torch.from_numpy(rgb).float() / 255)
+    tifffile.imwrite(tmp_path / "4d.tif", np.zeros((2, 3, 4, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ImageError, match=r"4d.tif' has 4 axes \(QYXS"):
+        read_image(tmp_path / "4d.tif")
+
+
 def test_tiff_and_npy(tmp_path):
     a16 = np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000
     tifffile.imwrite(tmp_path / "a.tif", a16)
