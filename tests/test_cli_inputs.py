@@ -17,6 +17,8 @@ from PIL import Image
 import unet_fast
 from unet_fast.cli import main
 
+from .test_checkpoint import ShellPayload
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,3 +64,12 @@ def test_rgb_png_of_any_shape(models, tmp_path, capsys, h, w):
     code, _, err = _run(capsys, "segment", src, "-c", models / "rgb.pt", "-o", tmp_path / "m.png")
     assert code == 0, err
     assert np.asarray(Image.open(tmp_path / "m.png")).shape == (h, w)
+
+
+def test_malicious_checkpoint_never_runs(models, tmp_path, capsys):
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"inc.double_conv.0.weight": ShellPayload(marker)}, evil)
+    line = _error(capsys, "segment", _rgb(tmp_path / "a.png", 8, 8), "-c", evil,
+                  "-o", tmp_path / "m.png")
+    assert "refusing to unpickle" in line and "weights_only" not in line
+    assert not marker.exists() and sorted(os.listdir(tmp_path)) == ["a.png", "evil.pt"]

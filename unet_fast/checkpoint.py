@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,11 @@ def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or e}") from e
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):
+        refused = _refused_global(str(e))
+        if refused is not None:
             raise CheckpointError(
-                f"checkpoint {str(path)!r} contains pickled Python objects, which unet_fast "
-                "refuses to load (only tensors and plain data are read; re-save its state_dict)"
+                f"refusing to unpickle {refused} from checkpoint {str(path)!r}: not a "
+                "unet_fast/PyTorch weights file; only tensors and plain containers are loaded"
             ) from e
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a PyTorch weights "
                               f"file ({_unpickler_detail(e)})") from e
@@ -84,14 +86,35 @@ def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
         ) from e
 
 
+def _refused_global(text: str) -> str | None:
+    """The Python object torch's safe unpickler refused to import (``posix.system``, a class...),
+    or None if ``text`` is about something else. Torch words this differently across versions
+    ("Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose module x is blocked")."""
+    m = re.search(r"\bGLOBAL\s+([A-Za-z_][\w.]*)", text)
+    if m:
+        return m.group(1)
+    low = text.lower()
+    if "unsupported global" in low or "is blocked" in low:
+        return "a Python object"
+    return None
+
+
+# torch's paragraph around the real reason: it advises weights_only=False, which would run
+# whatever the file contains, so none of it is ever shown
+_TORCH_ADVICE = ("weights only load failed", "weights_only", "check the documentation",
+                 "please file an issue", "arbitrary code execution")
+
+
 def _unpickler_detail(e: BaseException) -> str:
-    # torch wraps the real reason in a paragraph about weights_only; dig it out
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     for i, line in enumerate(lines):
         if "WeightsUnpickler error:" in line:
             rest = line.split("WeightsUnpickler error:", 1)[1].strip()
             return (rest or (lines[i + 1] if i + 1 < len(lines) else ""))[:200]
-    return _first_line(e)
+    for line in lines:
+        if not any(a in line.lower() for a in _TORCH_ADVICE):
+            return line[:200]
+    return "it cannot be unpickled"
 
 
 def _first_line(e: BaseException) -> str:
