@@ -73,3 +73,23 @@ def test_malicious_checkpoint_never_runs(models, tmp_path, capsys):
                   "-o", tmp_path / "m.png")
     assert "refusing to unpickle" in line and "weights_only" not in line
     assert not marker.exists() and sorted(os.listdir(tmp_path)) == ["a.png", "evil.pt"]
+
+
+def test_one_stderr_line_despite_warnings_and_logging(models, tmp_path):
+    # regression: torch warns (2 lines) about a raw pickle, tifffile logs a line for garbage;
+    # capsys sees neither, so this runs the real command in a subprocess
+    import pickle
+
+    img = _rgb(tmp_path / "a.png", 8, 8)
+    raw = tmp_path / "raw.pth"
+    raw.write_bytes(pickle.dumps({"inc.double_conv.0.weight": [1.0]}, protocol=4))
+    bad_tif = tmp_path / "bad.tif"
+    bad_tif.write_bytes(b"II*\0garbage")
+    for argv, expected in (([img, "-c", raw], "raw.pth' is corrupt"),
+                           ([bad_tif, "-c", models / "rgb.pt"], "bad.tif': corrupt")):
+        res = _subprocess("segment", *argv, "-o", tmp_path / "m.png", "--device", "cpu")
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("unet-fast segment: error: "), res.stderr
+        assert expected in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "bad.tif", "raw.pth"]
