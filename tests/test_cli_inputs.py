@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import unet_fast
-from unet_fast.cli import main
+from unet_fast.cli import build_parser, main
 
 from .test_checkpoint import ShellPayload
 
@@ -28,6 +28,8 @@ def models(tmp_path_factory):
     torch.manual_seed(0)
     unet_fast.save(unet_fast.UNet(in_channels=3, num_classes=3, base_channels=4, depth=2,
                                   padding="same", norm="batch").eval(), d / "rgb.pt")
+    unet_fast.save(unet_fast.UNet(in_channels=1, num_classes=2, base_channels=4, depth=2,
+                                  padding="same").eval(), d / "gray.pt")
     return d
 
 
@@ -93,3 +95,116 @@ def test_one_stderr_line_despite_warnings_and_logging(models, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("unet-fast segment: error: "), res.stderr
         assert expected in lines[0]
     assert sorted(os.listdir(tmp_path)) == ["a.png", "bad.tif", "raw.pth"]
+
+
+def test_folder_rerun_skips_earlier_outputs(models, tmp_path, capsys):
+    # regression: a second run segmented the first run's a_mask.png into a_mask_mask.png
+    _rgb(tmp_path / "a.png", 8, 9)
+    for _ in range(2):
+        code, _, err = _run(capsys, "segment", tmp_path, "-c", models / "rgb.pt")
+        assert code == 0, err
+    code, _, err = _run(capsys, "segment", tmp_path, "-c", models / "rgb.pt", "--output", "probs")
+    assert code == 0, err
+    code, _, err = _run(capsys, "segment", tmp_path, "-c", models / "rgb.pt", "--output", "overlay")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "a_mask.png", "a_overlay.png", "a_probs.npy"]
+    only_outputs = tmp_path / "outs"
+    only_outputs.mkdir()
+    (tmp_path / "a_mask.png").rename(only_outputs / "a_mask.png")
+    assert "skipped 1 output of unet-fast" in _error(capsys, "segment", only_outputs, "-c",
+                                                     models / "rgb.pt")
+    # named explicitly, such a file is still an input
+    code, _, err = _run(capsys, "segment", only_outputs / "a_mask.png", "-c", models / "gray.pt")
+    assert code == 0, err
+
+
+def test_every_input_is_checked_before_any_output(models, tmp_path, capsys):
+    # regression: a.png was segmented and written, then the run stopped at the bad image
+    good = _rgb(tmp_path / "a.png", 8, 8)
+    truncated = tmp_path / "b.png"
+    truncated.write_bytes(_rgb(tmp_path / "full.png", 40, 40).read_bytes()[:300])
+    gray = tmp_path / "c.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(gray)
+    out = tmp_path / "out"
+    line = _error(capsys, "segment", good, truncated, "-c", models / "rgb.pt", "-o", out)
+    assert "b.png': corrupt or not a valid PNG" in line
+    line = _error(capsys, "segment", good, gray, "-c", models / "rgb.pt", "-o", out)
+    assert "c.png' has 1 channel(s) but the model expects 3; convert it to RGB" in line
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.png", "c.png", "full.png"]
+
+
+def test_failed_run_creates_no_output_folder(models, tmp_path, capsys):
+    # regression: the output folder was created before the checkpoint was even read
+    img = _rgb(tmp_path / "a.png", 8, 8)
+    corrupt = tmp_path / "bad.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert "is corrupt" in _error(capsys, "segment", img, "-c", corrupt, "-o", tmp_path / "x" / "y")
+    assert "CUDA" in _error(capsys, "segment", img, "-c", models / "rgb.pt", "-o",
+                            tmp_path / "x" / "y", "--device", "cuda:7")
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "bad.pt"]
+
+
+def test_write_failure_removes_the_folder_it_created(models, tmp_path, capsys, monkeypatch):
+    def deny(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", deny)
+    img = _rgb(tmp_path / "a.png", 8, 8)
+    assert "cannot write" in _error(capsys, "segment", img, "-c", models / "rgb.pt", "-o",
+                                    tmp_path / "x" / "y")
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]
+
+
+def test_unreadable_input(models, tmp_path, capsys, monkeypatch):
+    # root ignores permission bits: make Pillow's open fail the way it would
+    def deny(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    img = _rgb(tmp_path / "a.png", 8, 8)
+    monkeypatch.setattr(Image, "open", deny)
+    line = _error(capsys, "segment", img, "-c", models / "rgb.pt", "-o", tmp_path / "out")
+    assert line.endswith("cannot read image '" + str(img) + "': permission denied")
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]
+
+
+def test_command_line_hints(models, tmp_path, capsys):
+    img = _rgb(tmp_path / "a.png", 8, 8)
+    valid = tmp_path / "valid.pt"
+    unet_fast.save(unet_fast.UNet(in_channels=3, num_classes=2, base_channels=2, depth=2,
+                                  padding="valid").eval(), valid)
+    line = _error(capsys, "segment", img, "-c", valid, "-o", tmp_path / "m.png", "--tile-size", "30")
+    assert "--tile-size 30 is not an input window" in line and "nearest: 44" in line
+    assert "segment()" not in line
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full((3, 8, 8), np.nan, np.float32))
+    line = _error(capsys, "segment", nan, "-c", models / "rgb.pt", "-o", tmp_path / "m.png")
+    assert "contains NaN or Inf pixels" in line and "check_finite" not in line
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.full((3, 8, 8), 1e6, np.float32))
+    line = _error(capsys, "segment", huge, "-c", models / "rgb.pt", "-o", tmp_path / "m.png",
+                  "--dtype", "float16")
+    assert "beyond the range of --dtype float16; use --dtype float32" in line
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"not an array at all")
+    line = _error(capsys, "segment", garbage, "-c", models / "rgb.pt", "-o", tmp_path / "m.png")
+    assert line.endswith("garbage.npy': corrupt or not a numeric .npy array")
+    line = _error(capsys, "segment", img, "-c", models / "rgb.pt", "-o", tmp_path / "m.png",
+                  "--format", "tif")
+    assert "--out" in line and "--format tif disagree" in line
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "garbage.npy", "huge.npy", "nan.npy",
+                                            "valid.pt"]
+
+
+def test_help_explains_inputs(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "network's input window" in text and "*_mask.*, *_probs.*, *_overlay.*" in text
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    for action in train._actions:
+        assert action.help, action.dest
+    text = " ".join(train.format_help().split())
+    for shown in ("--val-fraction F fraction of the images held out", "(default: 0.2)",
+                  "(default: 0.99)", "(default: sgd)", "(default: 10)", "(default: balanced)"):
+        assert shown in text, shown

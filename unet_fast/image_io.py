@@ -181,6 +181,10 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
         if type(e).__name__ == "DecompressionBombError":
             raise ImageError(f"{name} has more pixels than Pillow's safety limit "
                              "(PIL.Image.MAX_IMAGE_PIXELS); save it as TIFF or .npy") from e
+        if path.suffix.lower() in NPY_SUFFIXES:
+            # numpy falls back to unpickling anything without its header and then advises
+            # allow_pickle=True, which would run whatever the file holds: never quote it
+            raise ImageError(f"cannot read {name}: corrupt or not a numeric .npy array") from e
         raise ImageError(f"cannot read {name}: corrupt or not a valid {path.suffix[1:].upper()} "
                          f"file ({_first_line(e)})") from e
     a = normalise(a, name)
@@ -197,7 +201,10 @@ def match_channels(x: torch.Tensor, channels: int, name: str = "image") -> torch
         return x
     if (c, channels) in ((4, 3), (2, 1)):
         return x[:channels]
-    raise ImageError(f"{name} has {c} channel(s) but the model expects {channels}")
+    hint = {(1, 3): "; convert it to RGB first", (3, 1): "; convert it to grayscale first",
+            (2, 3): "; convert it to RGB first", (4, 1): "; convert it to grayscale first"}
+    raise ImageError(f"{name} has {c} channel(s) but the model expects {channels}"
+                     + hint.get((c, channels), ""))
 
 
 def _label_array(labels: Any, levels: int) -> np.ndarray:
