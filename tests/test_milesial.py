@@ -59,11 +59,21 @@ def test_training_script_extras_and_file(tmp_path):
     x = torch.randn(1, 3, 24, 24)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), atol=1e-4, rtol=1e-3)
-    # and it survives a round trip through unet_fast's own format
+    # and it survives a round trip through unet_fast's own format, mask_values included
     unet_fast.save(model, tmp_path / "ours.pt")
+    back = unet_fast.load(tmp_path / "ours.pt")
+    assert back.mask_values == [0, 127, 255]
     with torch.no_grad():
-        torch.testing.assert_close(unet_fast.load(tmp_path / "ours.pt")(x), ref(x),
-                                   atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(back(x), ref(x), atol=1e-4, rtol=1e-3)
+    colours = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
+    model.mask_values = colours
+    unet_fast.save(model, tmp_path / "colours.pt")
+    assert unet_fast.load(tmp_path / "colours.pt").mask_values == colours
+    # files written before mask_values were stored still load, without any
+    raw = torch.load(tmp_path / "ours.pt", weights_only=True)
+    del raw["mask_values"]
+    torch.save(raw, tmp_path / "old.pt")
+    assert getattr(unet_fast.load(tmp_path / "old.pt"), "mask_values", None) is None
 
 
 def test_bad_state_dicts():

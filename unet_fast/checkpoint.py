@@ -4,7 +4,9 @@ The file is a ``torch.save`` of a plain dict (only str/int/float/None/list/dict 
 
     {"format": "unet_fast", "version": 1, "config": UNetConfig.to_dict(), "state_dict": {...}}
 
-and is read back with ``torch.load(weights_only=True)``: no arbitrary object is ever unpickled.
+plus ``"mask_values"`` (a list: the pixel value of each class, ints or colours) when the model
+carries them (milesial imports do), and is read back with ``torch.load(weights_only=True)``: no
+arbitrary object is ever unpickled.
 Writes are atomic (temporary file in the same folder, then ``os.replace``).
 """
 
@@ -35,8 +37,9 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str], *,
     """Write ``model``'s config and weights (``unet_fast.UNet`` or ``reference.UNet``) to ``path``.
 
     Tensors are saved as they are (dtype kept) but moved to the CPU, so the file loads anywhere.
-    ``extra`` adds more top-level entries (plain containers and tensors only, e.g. the trainer's
-    resume state); :func:`load` ignores them.
+    A ``model.mask_values`` attribute (see :func:`unet_fast.from_milesial`) is stored too and
+    restored by :func:`load`. ``extra`` adds more top-level entries (plain containers and tensors
+    only, e.g. the trainer's resume state); :func:`load` ignores them.
     """
     config = getattr(model, "config", None)
     if not isinstance(config, UNetConfig):
@@ -45,6 +48,9 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str], *,
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(),
                "state_dict": state}
+    mask_values = getattr(model, "mask_values", None)
+    if mask_values is not None:
+        payload["mask_values"] = _plain_mask_values(mask_values)
     clash = set(extra or ()) & set(payload)
     if clash:
         raise ValueError(f"extra entries may not replace {sorted(clash)}")
@@ -105,6 +111,28 @@ _TORCH_ADVICE = ("weights only load failed", "weights_only", "check the document
                  "please file an issue", "arbitrary code execution")
 
 
+def _plain_mask_values(values: Any) -> list[Any]:
+    """``values`` (a list, tuple, array or tensor of numbers or colours) as a list of Python
+    numbers or lists of numbers, which ``weights_only`` loading accepts."""
+    try:
+        plain = values.tolist() if hasattr(values, "tolist") else [
+            v.tolist() if hasattr(v, "tolist") else v for v in values]
+    except TypeError:
+        plain = None
+    if isinstance(plain, list):
+        plain = [list(v) if isinstance(v, tuple) else v for v in plain]
+        if all(_is_value(v) for v in plain):
+            return plain
+    raise TypeError(f"model.mask_values must be a list of numbers or colours, got {values!r:.80}")
+
+
+def _is_value(v: Any) -> bool:
+    """A class's pixel value: a number, or a colour (a list of numbers)."""
+    if isinstance(v, list):
+        return all(_is_value(c) and not isinstance(c, list) for c in v)
+    return isinstance(v, (int, float))  # bools included: milesial keeps those of 1-bit masks
+
+
 def _unpickler_detail(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     for i, line in enumerate(lines):
@@ -152,7 +180,15 @@ def from_checkpoint_dict(obj: Any, path: str | os.PathLike[str] = "<memory>") ->
         config = UNetConfig(**cfg)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where} has an invalid config: {e}") from e
-    return build_model(config, state, where)
+    mask_values = obj.get("mask_values")  # absent from files of older unet_fast versions
+    if mask_values is not None and not (isinstance(mask_values, list)
+                                        and all(_is_value(v) for v in mask_values)):
+        raise CheckpointError(f"{where} has an invalid 'mask_values' entry (expected a list of "
+                              "numbers or colours)")
+    model = build_model(config, state, where)
+    if mask_values is not None:
+        model.mask_values = mask_values
+    return model
 
 
 def build_model(config: UNetConfig, state: dict[str, Any], where: str) -> UNet:
