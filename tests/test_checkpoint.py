@@ -93,6 +93,12 @@ def test_missing_and_corrupt(tmp_path):
     trunc.write_bytes(good.read_bytes()[:300])
     with pytest.raises(CheckpointError, match=r"trunc.pt' is corrupt"):
         unet_fast.load(trunc)
+    # regression: cut in the middle, torch raises OSError(EINVAL), shown as "Invalid argument"
+    data = good.read_bytes()
+    half = tmp_path / "half.pt"
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"half.pt' is corrupt or truncated"):
+        unet_fast.load(half)
 
 
 def test_never_unpickles_objects(tmp_path):

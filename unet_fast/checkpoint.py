@@ -73,8 +73,12 @@ def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError as e:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: permission denied") from e
-    except OSError as e:
+    except (FileNotFoundError, IsADirectoryError) as e:  # it changed since the checks above
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or e}") from e
+    except OSError as e:
+        # torch's zip reader raises OSError(EINVAL, "Invalid argument") for a file cut short
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated "
+                              f"({e.strerror or _first_line(e)})") from e
     except pickle.UnpicklingError as e:
         refused = _refused_global(str(e))
         if refused is not None:
