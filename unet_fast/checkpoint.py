@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,17 +196,20 @@ def from_checkpoint_dict(obj: Any, path: str | os.PathLike[str] = "<memory>") ->
     return model
 
 
-def build_model(config: UNetConfig, state: dict[str, Any], where: str) -> UNet:
+def build_model(config: UNetConfig, state: dict[str, Any], where: str,
+                display: Callable[[str], str] | None = None) -> UNet:
     """A :class:`UNet` for ``config`` holding ``state``'s tensors, in eval mode.
 
     Raises :class:`CheckpointError` (prefixed with ``where``) naming missing, unexpected or
-    wrongly shaped entries.
+    wrongly shaped entries; ``display`` maps a key to the name the user knows it by (an
+    imported checkpoint's own key).
     """
+    name = display or str
     with torch.device("meta"):
         model = UNet(**config.to_dict())
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing = [name(k) for k in expected if k not in state]
+    unexpected = [name(k) for k in state if k not in expected]
     if missing or unexpected:
         parts = []
         if missing:
@@ -216,11 +220,11 @@ def build_model(config: UNetConfig, state: dict[str, Any], where: str) -> UNet:
     for k, ref in expected.items():
         t = state[k]
         if not isinstance(t, torch.Tensor):
-            raise CheckpointError(f"{where}: entry {k!r} is a {type(t).__name__}, not a tensor")
-        if t.shape != ref.shape:
             raise CheckpointError(
-                f"{where}: {k!r} has shape {tuple(t.shape)}, the config needs {tuple(ref.shape)}"
-            )
+                f"{where}: entry {name(k)!r} is a {type(t).__name__}, not a tensor")
+        if t.shape != ref.shape:
+            raise CheckpointError(f"{where}: {name(k)!r} has shape {tuple(t.shape)}, the config "
+                                  f"needs {tuple(ref.shape)}")
     float_dtypes = {t.dtype for k, t in state.items() if t.is_floating_point()}
     if len(float_dtypes) > 1:
         # mixed precision files load into one dtype, the widest, so every backend gets one dtype
