@@ -13,7 +13,10 @@ Reading (:func:`read_image`) returns a ``(C, H, W)`` float32 tensor:
   guessed: channels-last ``(H, W, C)`` when its last axis has at most 4 entries and its first
   more than 4, otherwise channels-first ``(C, H, W)``. This guess is made for ``.npy`` only.
 
-Normalisation: ``uint8`` / 255, ``uint16`` / 65535 (16-bit PNGs too), ``bool`` -> 0/1, floating
+16-bit PNGs: grayscale ones are read at full depth; colour ones (RGB, RGBA, gray+alpha) are
+refused, because Pillow can only read them reduced to 8 bits (save them as 16-bit TIFF).
+
+Normalisation: ``uint8`` / 255, ``uint16`` / 65535 (16-bit gray PNGs too), ``bool`` -> 0/1, floating
 point as-is (no rescaling: a float image is assumed to already be in the range the model was
 trained on). Other integer types are rejected.
 
@@ -63,6 +66,11 @@ def _read_pil(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
+        if im.format == "PNG" and im.mode not in ("I", "I;16", "I;16B") and any(
+                ";16" in str(tile.args) for tile in im.tile):
+            raise ImageError(
+                f"image {str(path)!r} is a 16-bit colour PNG, which Pillow reads only at 8 bits; "
+                "save it as a 16-bit TIFF (or .npy) to keep its depth, or as an 8-bit PNG")
         im.load()
         mode = im.mode
         if mode == "P":
