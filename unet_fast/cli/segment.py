@@ -1,6 +1,8 @@
 """``unet-fast segment``: segment images with a checkpoint and write masks, probabilities or
-overlays. Every user error ends in one :class:`~unet_fast.cli.CliError` line, and no output file
-is ever left half-written (each is written under a temporary name and renamed)."""
+overlays. Every user error ends in one :class:`~unet_fast.cli.CliError` line. The checkpoint and
+every input are read and checked before the first output is written or an output folder made,
+and no output file is ever left half-written (each is written under a temporary name and
+renamed)."""
 
 from __future__ import annotations
 
