@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -91,13 +93,44 @@ def test_missing_and_corrupt(tmp_path):
     trunc.write_bytes(good.read_bytes()[:300])
     with pytest.raises(CheckpointError, match=r"trunc.pt' is corrupt"):
         unet_fast.load(trunc)
+    # regression: cut in the middle, torch raises OSError(EINVAL), shown as "Invalid argument"
+    data = good.read_bytes()
+    half = tmp_path / "half.pt"
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"half.pt' is corrupt or truncated"):
+        unet_fast.load(half)
 
 
 def test_never_unpickles_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "unet_fast", "obj": reference.UNet(depth=1, base_channels=2)}, path)
-    with pytest.raises(CheckpointError, match=r"contains pickled Python objects"):
+    with pytest.raises(CheckpointError, match=r"refusing to unpickle unet_fast.reference.UNet "
+                                              r"from checkpoint .*evil.pt'"):
         read(path)
+
+
+class ShellPayload:
+    """Unpickling this runs a shell command (a malicious checkpoint)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_pickle_is_refused_plainly(tmp_path):
+    # regression: torch 2.13 words it "unsupported GLOBAL posix.system whose module posix is
+    # blocked", which was reported as "corrupt" with torch's advice to use weights_only=False
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": ShellPayload(marker)}, path)
+    with pytest.raises(CheckpointError) as e:
+        unet_fast.load(path)
+    msg = str(e.value)
+    assert not marker.exists()
+    assert msg.startswith(f"refusing to unpickle {os.system.__module__}.system from checkpoint")
+    assert "not a unet_fast/PyTorch weights file" in msg
+    assert "weights_only" not in msg and "corrupt" not in msg and "\n" not in msg
 
 
 def test_foreign_files(tmp_path):

@@ -22,3 +22,13 @@ def test_help_and_unknown_command():
     res = subprocess.run([sys.executable, "-m", "unet_fast.cli", "frobnicate"],
                          capture_output=True, text=True, check=False)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_cuda_backends_marked_inactive_without_a_gpu(capsys, monkeypatch):
+    # regression: "cuda backends  cuda-triton" read as active on a machine without a GPU
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("cuda backends"))
+    assert line.endswith("(inactive: no CUDA device)"), line

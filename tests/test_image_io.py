@@ -44,6 +44,63 @@ def test_png_modes(tmp_path):
     assert read_image(tmp_path / "pal.png").shape == (3, 5, 7)
 
 
+@pytest.mark.parametrize("shape", [(3, 50), (4, 4), (2, 2), (5, 3)])
+def test_pillow_images_are_always_channels_last(tmp_path, shape):
+    # regression: the .npy layout guess was applied to Pillow arrays, so a 3-row RGB PNG came out
+    # 50 x 3 and a 4x4 / 2x2 RGB PNG as 4 / 2 channels
+    rgb = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    torch.testing.assert_close(read_image(tmp_path / "rgb.png"),
+                               torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+    la = np.random.default_rng(1).integers(0, 256, (*shape, 2), dtype=np.uint8)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    torch.testing.assert_close(read_image(tmp_path / "la.png"),
+                               torch.from_numpy(la).permute(2, 0, 1).float() / 255)
+
+
+def _png16(path, a, colour_type):
+    """A 16-bit PNG written by hand (Pillow cannot write colour ones)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    h, w = a.shape[:2]
+    rows = b"".join(b"\0" + a[i].astype(">u2").tobytes() for i in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_colour_png_is_refused_not_truncated(tmp_path):
+    # regression: Pillow reads 16-bit colour PNGs at 8 bits; 1000/65535 silently became 3/255
+    rgb = np.array([[[1000, 2000, 65535], [0, 5, 7]]], dtype=np.uint16)
+    _png16(tmp_path / "rgb16.png", rgb, 2)
+    with pytest.raises(ImageError, match=r"rgb16.png' is a 16-bit colour PNG.*16-bit TIFF"):
+        read_image(tmp_path / "rgb16.png")
+    _png16(tmp_path / "la16.png", rgb[..., :2], 4)
+    with pytest.raises(ImageError, match=r"la16.png' is a 16-bit colour PNG"):
+        read_image(tmp_path / "la16.png")
+    _png16(tmp_path / "g16.png", rgb[..., 0], 0)  # 16-bit gray: read at full depth
+    torch.testing.assert_close(read_image(tmp_path / "g16.png"),
+                               torch.tensor([[[1000 / 65535, 0.0]]]))
+
+
+def test_tiff_layout_comes_from_its_axes(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 7, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")  # axes YXS: 3 rows
+    torch.testing.assert_close(read_image(tmp_path / "rgb.tif"),
+                               torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    torch.testing.assert_close(read_image(tmp_path / "planar.tif"),  # axes SYX: 3 channels
+                               torch.from_numpy(rgb).float() / 255)
+    tifffile.imwrite(tmp_path / "4d.tif", np.zeros((2, 3, 4, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ImageError, match=r"4d.tif' has 4 axes \(QYXS"):
+        read_image(tmp_path / "4d.tif")
+
+
 def test_tiff_and_npy(tmp_path):
     a16 = np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000
     tifffile.imwrite(tmp_path / "a.tif", a16)

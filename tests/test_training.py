@@ -123,6 +123,18 @@ def test_png_and_tiff(tmp_path):
         read_array(tmp_path / "a.gif")
 
 
+def test_folder_rgb_png_with_few_rows(tmp_path):
+    # regression: the .npy channel guess took a 4 x 6 RGB PNG for 4 channels of 6 x 3
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "images" / "a.png")
+    np.save(tmp_path / "masks" / "a.npy", np.ones((4, 6), np.int64))
+    (s,) = load_folder(tmp_path)
+    assert torch.equal(s.image, torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+
 
 @pytest.mark.parametrize("dtype,scale", [(np.uint8, 255.0), (np.uint16, 65535.0)])
 def test_training_sees_images_as_the_cli_does(tmp_path, dtype, scale):

@@ -6,13 +6,17 @@ Reading (:func:`read_image`) returns a ``(C, H, W)`` float32 tensor:
   palette images -> RGB (RGBA if the palette has transparency), 1-bit -> 1 channel of 0/1.
   A 4-channel (or 2-channel) image given to a model that wants 3 (or 1) has its alpha dropped by
   :func:`match_channels`; no other channel conversion is done silently.
-* **TIFF** (tifffile): 8/16-bit integer or floating point, 2-D ``(H, W)`` or 3-D.
-* **.npy** (numpy, ``allow_pickle=False``): 2-D or 3-D.
+* **TIFF** (tifffile): 8/16-bit integer or floating point, 2-D ``(H, W)`` or 3-D. The file's
+  own axes (``TiffFile.series[0].axes``) say where the channels are: samples last (``YXS``,
+  interleaved RGB) or a first axis of samples, channels or pages (``SYX``, ``CYX``, ``QYX``).
+* **.npy** (numpy, ``allow_pickle=False``): 2-D or 3-D. A bare array carries no layout, so it is
+  guessed: channels-last ``(H, W, C)`` when its last axis has at most 4 entries and its first
+  more than 4, otherwise channels-first ``(C, H, W)``. This guess is made for ``.npy`` only.
 
-A 3-D array is channels-last ``(H, W, C)`` when its last axis has at most 4 entries and its first
-more than 4; otherwise it is channels-first ``(C, H, W)``.
+16-bit PNGs: grayscale ones are read at full depth; colour ones (RGB, RGBA, gray+alpha) are
+refused, because Pillow can only read them reduced to 8 bits (save them as 16-bit TIFF).
 
-Normalisation: ``uint8`` / 255, ``uint16`` / 65535 (16-bit PNGs too), ``bool`` -> 0/1, floating
+Normalisation: ``uint8`` / 255, ``uint16`` / 65535 (16-bit gray PNGs too), ``bool`` -> 0/1, floating
 point as-is (no rescaling: a float image is assumed to already be in the range the model was
 trained on). Other integer types are rejected.
 
@@ -62,6 +66,11 @@ def _read_pil(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
+        if im.format == "PNG" and im.mode not in ("I", "I;16", "I;16B") and any(
+                ";16" in str(tile.args) for tile in im.tile):
+            raise ImageError(
+                f"image {str(path)!r} is a 16-bit colour PNG, which Pillow reads only at 8 bits; "
+                "save it as a 16-bit TIFF (or .npy) to keep its depth, or as an 8-bit PNG")
         im.load()
         mode = im.mode
         if mode == "P":
@@ -81,32 +90,60 @@ def _read_pil(path: Path) -> np.ndarray:
     return a
 
 
-def read_array(path: str | os.PathLike[str]) -> np.ndarray:
-    """The raw pixel array of an image or mask file (no normalisation, no layout change)."""
-    path = Path(path)
+def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:  # tifffile only logs a warning for garbage
+            raise ValueError("no image data found")
+        series = tif.series[0]
+        a, axes = series.asarray(), series.axes
+    if a.size == 0:
+        raise ValueError("no image data found")
+    if a.ndim > 3:
+        raise ImageError(f"image {str(path)!r} has {a.ndim} axes ({axes}, shape {a.shape}); "
+                         "expected one 2-D image, with or without channels")
+    return a, axes.endswith("S")
+
+
+def _read_raw(path: Path) -> tuple[np.ndarray, bool | None]:
+    """The pixel array and whether its channels are last (None: unknown, guess)."""
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise ImageError(f"unsupported file type {path.name!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
     if suffix in NPY_SUFFIXES:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False), None
     if suffix in TIFF_SUFFIXES:
-        import tifffile
-
-        a = tifffile.imread(path)
-        if a.size == 0:  # tifffile only logs a warning for garbage and returns an empty array
-            raise ValueError("no image data found")
-        return a
-    return _read_pil(path)
+        return _read_tiff(path)
+    return _read_pil(path), True  # Pillow: always rows x columns (x channels)
 
 
-def to_chw(a: np.ndarray, name: str = "image") -> np.ndarray:
-    """``a`` as a ``(C, H, W)`` array following the layout rule of the module docstring."""
+def read_array(path: str | os.PathLike[str]) -> np.ndarray:
+    """The raw pixel array of an image or mask file (no normalisation, no layout change)."""
+    return _read_raw(Path(path))[0]
+
+
+def read_chw(path: str | os.PathLike[str]) -> np.ndarray:
+    """The pixels of an image file as a ``(C, H, W)`` array of the file's dtype (not normalised).
+
+    Pillow images have their channels last, TIFFs where their axes say; only ``.npy`` arrays have
+    their layout guessed (see the module docstring).
+    """
+    path = Path(path)
+    a, channels_last = _read_raw(path)
+    return to_chw(np.asarray(a), f"image {str(path)!r}", channels_last)
+
+
+def to_chw(a: np.ndarray, name: str = "image", channels_last: bool | None = None) -> np.ndarray:
+    """``a`` as a ``(C, H, W)`` array: a 2-D array gets one channel; a 3-D one is moved from
+    ``(H, W, C)`` if ``channels_last``, kept if False, and guessed if None (the ``.npy`` rule of
+    the module docstring)."""
     if a.ndim == 2:
         return a[None]
     if a.ndim == 3:
-        if a.shape[-1] <= 4 < a.shape[0]:
-            return np.moveaxis(a, -1, 0)
-        return a
+        if channels_last is None:
+            channels_last = a.shape[-1] <= 4 < a.shape[0]
+        return np.moveaxis(a, -1, 0) if channels_last else a
     raise ImageError(
         f"{name} has shape {a.shape}; expected 2-D (H, W) or 3-D (H, W, C) / (C, H, W)")
 
@@ -141,7 +178,7 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     if path.is_dir():
         raise ImageError(f"{name} is a folder, expected a file")
     try:
-        a = read_array(path)
+        a = read_chw(path)
     except ImageError:
         raise
     except PermissionError as e:
@@ -152,9 +189,13 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
         if type(e).__name__ == "DecompressionBombError":
             raise ImageError(f"{name} has more pixels than Pillow's safety limit "
                              "(PIL.Image.MAX_IMAGE_PIXELS); save it as TIFF or .npy") from e
+        if path.suffix.lower() in NPY_SUFFIXES:
+            # numpy falls back to unpickling anything without its header and then advises
+            # allow_pickle=True, which would run whatever the file holds: never quote it
+            raise ImageError(f"cannot read {name}: corrupt or not a numeric .npy array") from e
         raise ImageError(f"cannot read {name}: corrupt or not a valid {path.suffix[1:].upper()} "
                          f"file ({_first_line(e)})") from e
-    a = normalise(to_chw(np.asarray(a), name), name)
+    a = normalise(a, name)
     if a.shape[1] == 0 or a.shape[2] == 0:
         raise ImageError(f"{name} is empty (shape {a.shape})")
     return torch.from_numpy(np.ascontiguousarray(a))
@@ -168,7 +209,10 @@ def match_channels(x: torch.Tensor, channels: int, name: str = "image") -> torch
         return x
     if (c, channels) in ((4, 3), (2, 1)):
         return x[:channels]
-    raise ImageError(f"{name} has {c} channel(s) but the model expects {channels}")
+    hint = {(1, 3): "; convert it to RGB first", (3, 1): "; convert it to grayscale first",
+            (2, 3): "; convert it to RGB first", (4, 1): "; convert it to grayscale first"}
+    raise ImageError(f"{name} has {c} channel(s) but the model expects {channels}"
+                     + hint.get((c, channels), ""))
 
 
 def _label_array(labels: Any, levels: int) -> np.ndarray:

@@ -36,35 +36,37 @@ _KEY = re.compile(
 )
 
 
-def _strip(state: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in state.items():
-        k = str(k)
+def _strip(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``state`` without ``module.``/``_orig_mod.`` prefixes, and each new key's original."""
+    out, original = {}, {}
+    for key, v in state.items():
+        k = str(key)
         changed = True
         while changed:
             changed = False
             for p in _PREFIXES:
                 if k.startswith(p):
                     k, changed = k[len(p):], True
-        out[k] = v
-    return out
+        out[k], original[k] = v, str(key)
+    return out, original
 
 
-def _unwrap(obj: Any) -> dict[str, Any] | None:
-    """The milesial state dict inside ``obj`` (itself, or under a usual wrapper key), or None."""
+def _unwrap(obj: Any) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """The milesial state dict inside ``obj`` (itself, or under a usual wrapper key) with the
+    file's name of each of its keys, or None."""
     if not isinstance(obj, dict):
         return None
-    state = _strip(obj)
+    state, original = _strip(obj)
     if "inc.double_conv.0.weight" in state:
-        return state
+        return state, original
     for key in _WRAPPERS:
         inner = obj.get(key)
         if isinstance(inner, dict):
-            inner = _strip(inner)
+            inner, original = _strip(inner)
             if "inc.double_conv.0.weight" in inner:
                 if "mask_values" in obj and "mask_values" not in inner:
                     inner["mask_values"] = obj["mask_values"]
-                return inner
+                return inner, {k: f"{key}.{v}" for k, v in original.items()}
     return None
 
 
@@ -93,6 +95,30 @@ def _new_key(key: str, depth: int) -> str | None:
     return f"{block}.{_DOUBLE[layer]}.{leaf}"
 
 
+def _old_key(key: str, depth: int) -> str:
+    """milesial's name for the unet_fast ``key`` (the inverse of :func:`_new_key`)."""
+    if key.startswith("head."):
+        return "outc.conv." + key[len("head."):]
+    m = re.fullmatch(r"decoder\.(\d+)\.up\.(\w+)", key)
+    if m:
+        return f"up{int(m.group(1)) + 1}.up.{m.group(2)}"
+    m = re.fullmatch(r"(?:(encoder|decoder)\.(\d+)|bottleneck)\.(conv1|norm1|conv2|norm2)\.(\w+)",
+                     key)
+    if not m:
+        return key
+    kind, index, layer, leaf = m.groups()
+    if kind is None:
+        block = f"down{depth}.maxpool_conv.1.double_conv"
+    elif kind == "decoder":
+        block = f"up{int(index) + 1}.conv.double_conv"
+    elif index == "0":
+        block = "inc.double_conv"
+    else:
+        block = f"down{index}.maxpool_conv.1.double_conv"
+    number = {v: k for k, v in _DOUBLE.items()}[layer]
+    return f"{block}.{number}.{leaf}"
+
+
 def _fold_conv_biases(state: dict[str, Any]) -> dict[str, Any]:
     # BN(conv(x) + b) == BN'(conv(x)) with running_mean' = running_mean - b
     out = dict(state)
@@ -101,8 +127,8 @@ def _fold_conv_biases(state: dict[str, Any]) -> dict[str, Any]:
         if not m or m.group(1) == "head":
             continue
         mean_key = f"{m.group(1)}.norm{m.group(2)}.running_mean"
-        if mean_key not in out:
-            continue
+        if mean_key not in out or out[mean_key].shape != out[key].shape:
+            continue  # left in place: build_model names it
         out[mean_key] = out[mean_key] - out.pop(key).to(out[mean_key].dtype)
     return out
 
@@ -126,10 +152,11 @@ def from_milesial(state_dict_or_path: dict[str, Any] | str | os.PathLike[str],
         obj = read(state_dict_or_path, map_location)
     else:
         where, obj = "milesial state dict", state_dict_or_path
-    state = _unwrap(obj)
-    if state is None:
+    found = _unwrap(obj)
+    if found is None:
         raise CheckpointError(
             f"{where} is not a milesial/Pytorch-UNet state dict (no 'inc.double_conv.0.weight')")
+    state, original = found
     mask_values = state.pop("mask_values", None)
     non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
@@ -149,19 +176,21 @@ def from_milesial(state_dict_or_path: dict[str, Any] | str | os.PathLike[str],
                             norm="batch", upsample="bilinear" if bilinear else "transpose")
     except ValueError as e:
         raise CheckpointError(f"{where}: unsupported layout ({e})") from e
-    renamed, unknown = {}, []
+    renamed, unknown, source = {}, [], {}
     for k, v in state.items():
         new = _new_key(k, depth)
         if new is None:
-            unknown.append(k)
+            unknown.append(original[k])
         else:
-            renamed[new] = v
+            renamed[new], source[new] = v, original[k]
     if unknown:
         raise CheckpointError(
             f"{where}: unexpected keys for the milesial layout: {', '.join(unknown[:3])}"
             + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""))
     renamed = _fold_conv_biases(renamed)
-    model = build_model(config, renamed, where)
+    # errors name the keys as the file has them (a missing key: as milesial would name it)
+    model = build_model(config, renamed, where,
+                        display=lambda k: source.get(k) or _old_key(k, depth))
     if mask_values is not None:
         model.mask_values = mask_values
     return model

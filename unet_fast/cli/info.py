@@ -25,16 +25,20 @@ def run(args: argparse.Namespace) -> int:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
+    has_gpu = torch.cuda.is_available()
+    cuda_backends = ", ".join(registered_backends("cuda")) or "reference only"
+    if not has_gpu:
+        cuda_backends += " (inactive: no CUDA device)"
     rows = [
         ("unet_fast", unet_fast.__version__),
         ("python", platform.python_version()),
         ("torch", torch.__version__),
         ("triton", triton_version),
         ("cuda", torch.version.cuda or "none (CPU build of torch)"),
-        ("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
+        ("gpu", torch.cuda.get_device_name(0) if has_gpu else "none"),
         ("native extension (unet_fast._C)", "loaded" if native_available() else "MISSING"),
         ("cpu backends", ", ".join(registered_backends("cpu")) or "reference only"),
-        ("cuda backends", ", ".join(registered_backends("cuda")) or "reference only"),
+        ("cuda backends", cuda_backends),
         ("image I/O", _image_io_versions()),
     ]
     width = max(len(k) for k, _ in rows)

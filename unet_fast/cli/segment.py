@@ -1,6 +1,8 @@
 """``unet-fast segment``: segment images with a checkpoint and write masks, probabilities or
-overlays. Every user error ends in one :class:`~unet_fast.cli.CliError` line, and no output file
-is ever left half-written (each is written under a temporary name and renamed)."""
+overlays. Every user error ends in one :class:`~unet_fast.cli.CliError` line. The checkpoint and
+every input are read and checked before the first output is written or an output folder made,
+and no output file is ever left half-written (each is written under a temporary name and
+renamed)."""
 
 from __future__ import annotations
 
@@ -27,8 +29,13 @@ examples:
   unet-fast segment a.tif b.npy --checkpoint model.pt --output probs --out probs/
 
 inputs: PNG/JPEG/BMP (gray, RGB; an alpha channel is dropped when the model wants one channel
-fewer), TIFF (8/16-bit or float), .npy (H, W) or (C, H, W). uint8 is scaled by 1/255, uint16 by
-1/65535, floats are used as they are. A folder stands for the image files directly inside it.
+fewer; 16-bit PNGs only if gray: Pillow reads colour ones at 8 bits, so they are refused, save
+them as 16-bit TIFF), TIFF (8/16-bit or float; channels where its axes say), .npy (H, W),
+(C, H, W) or (H, W, C) (channels-last when the last axis has <= 4 entries and the first more).
+uint8 is scaled by 1/255, uint16 by 1/65535, floats are used as they are. A folder stands for
+the image files directly inside it, except this command's outputs (*_mask.*, *_probs.*,
+*_overlay.*), which are skipped; name such a file to segment it. Every input is read and
+checked before the model runs: one bad input fails the command before anything is written.
 
 outputs: in a folder, NAME_mask.png (labels 0..K-1, uint8, or uint16 beyond 256 classes; a
 milesial checkpoint's mask_values are used as pixel values when present), NAME_probs.npy
@@ -55,13 +62,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "with classes tinted (default: mask)")
     p.add_argument("--format", choices=("png", "tif", "npy"), metavar="{png,tif,npy}",
                    help="file type when writing into a folder (default: png for mask and "
-                        "overlay, npy for probs)")
+                        "overlay, npy for probs); a file name given to --out carries its own")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                    help="compute precision (default: float32)")
     p.add_argument("--tile-size", type=_positive, metavar="N",
-                   help="tile edge in pixels (default: chosen from the memory budget)")
+                   help="the network's input window in pixels (images of any size are cut into "
+                        "such tiles); must be a valid input size for valid-padding networks, "
+                        "e.g. 572 for the paper's (default: chosen from the memory budget)")
     p.add_argument("--batch-size", type=_positive, metavar="N",
                    help="tiles per forward pass (default: automatic)")
     p.add_argument("--tta", action="store_true",
@@ -106,8 +115,15 @@ def _first_line(e: BaseException) -> str:
 # inputs and outputs
 
 
+def is_own_output(path: Path) -> bool:
+    """Whether ``path`` is named like a file this command writes (``NAME_mask.png``, ...)."""
+    return any(path.stem.endswith(f"_{kind}") for kind in KINDS)
+
+
 def collect_inputs(items: list[str]) -> list[Path]:
-    """The image files named by ``items`` (folders expand to their direct image files)."""
+    """The image files named by ``items``. A folder expands to the image files directly inside
+    it, except those named like this command's outputs (``*_mask.*``, ``*_probs.*``,
+    ``*_overlay.*``), so a second run does not segment the first run's results."""
     from unet_fast.image_io import IMAGE_SUFFIXES
 
     files: list[Path] = []
@@ -115,14 +131,19 @@ def collect_inputs(items: list[str]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             try:
-                found = sorted(p for p in path.iterdir()
-                               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                               and not p.name.startswith("."))
+                images = sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                                and not p.name.startswith("."))
             except OSError as e:
                 raise CliError(f"cannot list folder {item!r}: {e.strerror or e}") from e
+            found = [p for p in images if not is_own_output(p)]
             if not found:
+                skipped = len(images)
+                why = (f"; skipped {skipped} output{'s' * (skipped != 1)} of unet-fast "
+                       "(*_mask.*, *_probs.*, *_overlay.*): name them to segment them"
+                       if skipped else "")
                 raise CliError(f"folder {item!r} holds no image files "
-                               f"({', '.join(IMAGE_SUFFIXES)})")
+                               f"({', '.join(IMAGE_SUFFIXES)}){why}")
             files.extend(found)
         elif not path.exists():
             raise CliError(f"input {item!r} does not exist")
@@ -136,12 +157,14 @@ def collect_inputs(items: list[str]) -> list[Path]:
 
 @dataclass
 class Plan:
-    """Where each input's result goes."""
+    """Where each input's result goes, and the output folders that do not exist yet."""
 
     targets: list[tuple[Path, Path]]
+    folders: list[Path]
 
 
 def plan_outputs(files: list[Path], out: str | None, kind: str, fmt: str | None) -> Plan:
+    """Check (without creating anything) where each input's result will be written."""
     default_suffix, allowed = KINDS[kind]
     suffix = f".{fmt}" if fmt else default_suffix
     if suffix not in allowed:
@@ -158,6 +181,9 @@ def plan_outputs(files: list[Path], out: str | None, kind: str, fmt: str | None)
         if out_path.suffix.lower() not in allowed:
             raise CliError(f"--out {out!r}: --output {kind} is written as "
                            f"{' or '.join(allowed)}")
+        if fmt and out_path.suffix.lower() not in {".tif": (".tif", ".tiff")}.get(suffix, (suffix,)):
+            raise CliError(f"--out {out!r} and --format {fmt} disagree; drop --format (it is "
+                           "for folders) or name the file with its extension")
         targets = [(files[0], out_path)]
         folders = {out_path.parent}
     else:
@@ -172,22 +198,61 @@ def plan_outputs(files: list[Path], out: str | None, kind: str, fmt: str | None)
     for src, dst in targets:
         if dst.resolve() == src.resolve():
             raise CliError(f"output {str(dst)!r} would overwrite its input")
+    missing: list[Path] = []
     for folder in sorted(folders):
-        _check_writable(folder)
-    return Plan(targets)
+        missing.extend(_check_writable(folder))
+    return Plan(targets, sorted(set(missing), key=lambda p: len(p.parts)))
 
 
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CliError(f"output folder {str(folder)!r} exists and is not a folder") from None
-    except OSError as e:
-        raise CliError(f"cannot create output folder {str(folder)!r}: {e.strerror or e}") from e
-    if not folder.is_dir():
-        raise CliError(f"output folder {str(folder)!r} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CliError(f"output folder {str(folder)!r} is not writable")
+def _check_writable(folder: Path) -> list[Path]:
+    """The folders that must be created for ``folder`` to exist (outermost first), after checking
+    that the nearest existing one is a writable folder."""
+    missing = []
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink() or existing.parent == existing:
+            raise CliError(f"cannot create output folder {str(folder)!r}: "
+                           f"{str(existing)!r} is a dangling link")
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == folder:
+            raise CliError(f"output folder {str(folder)!r} exists and is not a folder")
+        raise CliError(f"cannot create output folder {str(folder)!r}: "
+                       f"{str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == folder:
+            raise CliError(f"output folder {str(folder)!r} is not writable")
+        raise CliError(f"cannot create output folder {str(folder)!r}: "
+                       f"{str(existing)!r} is not writable")
+    return missing[::-1]
+
+
+def _make_folders(folders: list[Path]) -> list[Path]:
+    """Create ``folders`` (outermost first); the ones this call created, for clean-up."""
+    made = []
+    for folder in folders:
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():
+                _remove_empty(made)
+                raise CliError(f"output folder {str(folder)!r} exists and is not a folder") from None
+            continue
+        except OSError as e:
+            _remove_empty(made)
+            raise CliError(f"cannot create output folder {str(folder)!r}: "
+                           f"{e.strerror or e}") from e
+        made.append(folder)
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()  # only ever removes an empty folder
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,10 +312,12 @@ def _milesial(obj: Any, path: str) -> Any:
 # the command
 
 
+# decoded inputs kept between the up-front check and the run (larger sets are read twice)
+KEEP_BYTES = 512 * 2**20
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
-
-    from unet_fast import image_io
 
     files = collect_inputs(args.inputs)
     plan = plan_outputs(files, args.out, args.output, args.format)
@@ -260,30 +327,86 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold is not None and cfg.num_classes > 2:
         raise CliError(f"--threshold is for binary models (1 or 2 classes); this one has "
                        f"{cfg.num_classes}, its mask is the argmax")
+    if args.tile_size is not None:
+        check_tile_size(args.tile_size, cfg)
+    images = check_inputs(files, cfg.in_channels)
     try:
         model = model.to(device=device, dtype=DTYPES[args.dtype])
     except RuntimeError as e:
         raise CliError(f"cannot move the model to {device} ({_first_line(e)})") from e
     show = sys.stderr.isatty() if args.progress is None else args.progress
     mask_values = getattr(model, "mask_values", None)
-    bar = tqdm(plan.targets, desc="images", unit="img", disable=not show, file=sys.stderr)
-    for src, dst in bar:
-        bar.set_postfix_str(src.name, refresh=False)
-        _segment_one(model, src, dst, args, device, show, mask_values, image_io)
-    bar.close()
+    made = _make_folders(plan.folders)
+    try:
+        bar = tqdm(plan.targets, desc="images", unit="img", disable=not show, file=sys.stderr)
+        for src, dst in bar:
+            bar.set_postfix_str(src.name, refresh=False)
+            image = images.pop(src, None)
+            if image is None:
+                image = read_input(src, cfg.in_channels)
+            _segment_one(model, image, src, dst, args, device, show, mask_values)
+        bar.close()
+    except BaseException:
+        _remove_empty(made)  # the folders this run created, if it wrote nothing into them
+        raise
     return 0
 
 
-def _segment_one(model: Any, src: Path, dst: Path, args: argparse.Namespace,
-                 device: torch.device, show: bool, mask_values: Any, image_io: Any) -> None:
-    import unet_fast
+def read_input(src: Path, channels: int) -> torch.Tensor:
+    """The image at ``src`` as the model's input ``(C, H, W)``: readable, with ``channels``
+    channels (after dropping an alpha channel) and finite."""
+    from unet_fast import image_io
 
-    cfg = model.config
     try:
         image = image_io.read_image(src)
-        image = image_io.match_channels(image, cfg.in_channels, f"image {str(src)!r}")
+        image = image_io.match_channels(image, channels, f"image {str(src)!r}")
     except image_io.ImageError as e:
         raise CliError(str(e)) from e
+    if image.is_floating_point() and not torch.isfinite(image).all():
+        raise CliError(f"image {str(src)!r} contains NaN or Inf pixels, which cannot be "
+                       "segmented; replace them (e.g. with numpy.nan_to_num) first")
+    return image
+
+
+def check_inputs(files: list[Path], channels: int) -> dict[Path, torch.Tensor]:
+    """Read every input once before anything is written, so one bad file fails the command
+    without results for the others; returns the images that fit in :data:`KEEP_BYTES`."""
+    kept: dict[Path, torch.Tensor] = {}
+    total = 0
+    for src in files:
+        image = read_input(src, channels)
+        nbytes = image.numel() * image.element_size()
+        if total + nbytes <= KEEP_BYTES:
+            kept[src] = image
+            total += nbytes
+    return kept
+
+
+def check_tile_size(n: int, cfg: Any) -> None:
+    """Reject a ``--tile-size`` the network cannot take as its input window."""
+    from unet_fast import sizes
+
+    if sizes.is_valid_input_size(n, cfg.depth, cfg.padding):
+        return
+    below, above = sizes.nearest_valid_sizes(n, cfg.depth, cfg.padding)
+    if cfg.padding == "same":
+        rule = f"at least {above}"
+    else:
+        step, lo = 2**cfg.depth, sizes.min_input_size(cfg.depth, cfg.padding)
+        nearest = f"{below} or {above}" if below is not None else str(above)
+        rule = f"{step}k + {lo % step} and at least {lo}; nearest: {nearest}"
+    raise CliError(f"--tile-size {n} is not an input window this {cfg.padding}-padding U-Net "
+                   f"of depth {cfg.depth} takes: use {rule} (images of any size are tiled "
+                   "anyway; leave --tile-size out to have it chosen)")
+
+
+def _segment_one(model: Any, image: torch.Tensor, src: Path, dst: Path,
+                 args: argparse.Namespace, device: torch.device, show: bool,
+                 mask_values: Any) -> None:
+    import unet_fast
+    from unet_fast import image_io
+
+    cfg = model.config
     x = image.to(device=device, dtype=DTYPES[args.dtype])
     binary = cfg.num_classes == 1 or (cfg.num_classes == 2 and args.threshold is not None)
     want = "probs" if args.output == "probs" or binary else "labels"
@@ -294,7 +417,11 @@ def _segment_one(model: Any, src: Path, dst: Path, args: argparse.Namespace,
         raise CliError(f"out of memory on {src!s} ({_first_line(e)}); try a smaller "
                        "--tile-size or --batch-size") from e
     except (ValueError, TypeError, RuntimeError) as e:
-        raise CliError(f"cannot segment {str(src)!r}: {_first_line(e)}") from e
+        if "NaN or Inf" in str(e):  # finite in float32 (checked), so beyond the range of --dtype
+            raise CliError(f"image {str(src)!r} has pixel values beyond the range of --dtype "
+                           f"{args.dtype}; use --dtype float32") from e
+        detail = _first_line(e).replace(" (or use segment() for any size)", "")
+        raise CliError(f"cannot segment {str(src)!r}: {detail}") from e
     y = y.float().cpu() if y.is_floating_point() else y.cpu()
     try:
         if args.output == "probs":

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import sizes
-from ..image_io import IMAGE_SUFFIXES, normalise, read_array, to_chw
+from ..image_io import IMAGE_SUFFIXES, normalise, read_array, read_chw, to_chw
 from .weight_map import ClassWeights, weight_map
 
 IMAGE_EXTS = IMAGE_SUFFIXES
@@ -23,11 +23,11 @@ MASK_TYPES = ("instance", "class")
 IGNORE = -100  # target value of pixels that carry no label (the loss skips them)
 
 
-def normalize_image(arr: np.ndarray) -> np.ndarray:
+def normalize_image(arr: np.ndarray, channels_last: bool | None = None) -> np.ndarray:
     """float32 ``(C, H, W)`` pixels normalised exactly as ``unet-fast segment`` normalises them
     (:func:`unet_fast.image_io.normalise`), so a trained model sees the same input scale at
-    inference."""
-    return normalise(to_chw(np.asarray(arr)))
+    inference. ``channels_last``: the layout of a 3-D ``arr`` (None: guessed as for ``.npy``)."""
+    return normalise(to_chw(np.asarray(arr), channels_last=channels_last))
 
 
 @dataclass
@@ -42,15 +42,19 @@ class Sample:
 
 def make_sample(name: str, image: np.ndarray, mask: np.ndarray, *, mask_type: str = "instance",
                 num_classes: int = 2, w0: float = 10.0, sigma: float = 5.0,
-                class_weights: ClassWeights = "balanced") -> Sample:
+                class_weights: ClassWeights = "balanced",
+                channels_last: bool | None = None) -> Sample:
     """Normalise the image, turn the mask into class targets and compute its weight map.
+
+    ``channels_last`` is the layout of a 3-D ``image``: True ``(H, W, C)``, False ``(C, H, W)``,
+    None guessed as for ``.npy`` files (:mod:`unet_fast.image_io`).
 
     For class masks the border term needs instances: the 4-connected components of the
     foreground stand in for them (cells that touch in the mask then count as one).
     """
     if mask_type not in MASK_TYPES:
         raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
-    img = normalize_image(image)
+    img = normalize_image(image, channels_last)
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[-1] in (3, 4):
         mask = mask[..., 0]  # a grey mask saved as RGB(A)
@@ -105,7 +109,8 @@ def find_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
 
 def load_folder(folder: str | Path, **kwargs: object) -> list[Sample]:
     """All samples of a folder; ``kwargs`` go to :func:`make_sample`."""
-    return [make_sample(name, read_array(ip), read_array(mp), **kwargs)  # type: ignore[arg-type]
+    return [make_sample(name, read_chw(ip), read_array(mp), channels_last=False,
+                        **kwargs)  # type: ignore[arg-type]
             for name, ip, mp in find_pairs(folder)]
 
 
