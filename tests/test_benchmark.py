@@ -50,7 +50,8 @@ def test_quick_run_schema(quick_run):
     assert env["device"] == "cpu"
     for key in ("device_name", "torch", "triton", "cuda", "driver", "date", "git", "slug"):
         assert key in env
-    assert (out / f"{env['slug']}.json").exists()
+    # a smoke run never overwrites a full run's committed <slug>.json
+    assert (out / f"{env['slug']}-quick.json").exists() and not (out / f"{env['slug']}.json").exists()
     # ceilings measured in this run: positive rates for both precisions and the copy
     assert doc["ceilings"]["matmul_fp32"]["tflops"] > 0
     assert doc["ceilings"]["matmul_bf16"]["tflops"] > 0
@@ -96,7 +97,7 @@ def test_quick_run_table_plot_and_progress(quick_run):
     assert proc.stderr.count("] paper-188 b=1 ") == 2 * len(CPU_ROWS)
     assert "[1/18] paper-188 b=1 eager-nchw-fp32: started" in proc.stderr
     pytest.importorskip("matplotlib")
-    png = out / f"{doc['environment']['slug']}.png"
+    png = out / f"{doc['environment']['slug']}-quick.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert doc["plot"] == str(png)
 

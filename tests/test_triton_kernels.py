@@ -366,7 +366,7 @@ def test_tf32_outputs_feed_the_next_layer_rounded():
     torch.testing.assert_close(
         fused.conv3x3(x3, w3, None, 1, True, True),
         round_to_tf32(fused.conv3x3(round_to_tf32(x3), w3, None, 1, True, False)), rtol=0, atol=0)
-    skip, pooled = fused.conv3x3_pool(x, w, None, 1, True)
+    _, pooled = fused.conv3x3_pool(x, w, None, 1, True)
     torch.testing.assert_close(pooled, round_to_tf32(fused.conv3x3_pool(x, w, None, 1, False)[1]),
                                rtol=0, atol=0)
     up = kup.pack_upconv_weight(rand(8, 3, 2, 2))

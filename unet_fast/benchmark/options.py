@@ -89,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser, default_out_dir: str = "benchmarks
                         "'!compile-max-autotune*'); see --list-rows")
     p.add_argument("--list-rows", action="store_true", help="list the rows of this device and exit")
     p.add_argument("--quick", action="store_true",
-                   help="CI smoke run: tiny network and sizes, 2 repeats, no torch.compile")
+                   help="CI smoke run: tiny network and sizes, 2 repeats, no torch.compile; "
+                        "files tagged -quick unless --tag is given")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs per row (default: 5 on CPU, 2 with --quick, adaptive on GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs before timing")
@@ -171,7 +172,8 @@ def resolve_options(args: argparse.Namespace) -> BenchOptions:
         compile_timeout=timeout,
         deadline=args.deadline,
         out_dir=args.out_dir,
-        tag=args.tag,
+        # a smoke run must not overwrite the committed full result of the same device
+        tag=args.tag if args.tag is not None else ("quick" if quick else None),
         plot=not args.no_plot,
         seed=args.seed,
         threads=args.threads,
