@@ -219,7 +219,7 @@ def layer_plan(config: UNetConfig, height: int, width: int, batch: int = 1,
         check_input_size(n, config.depth, config.padding)
     with torch.device("meta"):
         model = UNet(**config.to_dict()).eval()
-    packed = pack(model, dtype)
+    packed = pack(model, dtype, tf32)
     x = torch.empty((batch, config.in_channels, height, width), dtype=dtype, device="meta",
                     memory_format=torch.channels_last)
     recorder = _OpRecorder()
