@@ -18,6 +18,8 @@ import unet_fast
 from unet_fast import image_io
 from unet_fast.cli import main
 
+from .cli_helpers import run_cli as _run
+from .cli_helpers import segment_error as _error
 from .milesial_arch import MilesialUNet, randomise_
 
 
@@ -41,21 +43,6 @@ def files(tmp_path_factory):
     (imgs / "notes.txt").write_text("ignored")
     Image.fromarray(rng.integers(0, 256, (10, 12), dtype=np.uint8)).save(d / "gray.png")
     return d
-
-
-def _run(capsys, *argv):
-    code = main([*map(str, argv), "--no-progress"])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error(capsys, *argv) -> str:
-    code, _, err = _run(capsys, *argv)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("unet-fast segment: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def test_single_image_mask(files, tmp_path, capsys):

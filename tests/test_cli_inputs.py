@@ -17,6 +17,8 @@ from PIL import Image
 import unet_fast
 from unet_fast.cli import build_parser, main
 
+from .cli_helpers import run_cli as _run
+from .cli_helpers import segment_error as _error
 from .test_checkpoint import ShellPayload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,20 +33,6 @@ def models(tmp_path_factory):
     unet_fast.save(unet_fast.UNet(in_channels=1, num_classes=2, base_channels=4, depth=2,
                                   padding="same").eval(), d / "gray.pt")
     return d
-
-
-def _run(capsys, *argv):
-    code = main([*map(str, argv), "--no-progress"])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error(capsys, *argv) -> str:
-    code, _, err = _run(capsys, *argv)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("unet-fast segment: error: "), err
-    return lines[0]
 
 
 def _subprocess(*argv) -> subprocess.CompletedProcess:
