@@ -57,10 +57,13 @@ def _check_packed(x_channels: int, weight: torch.Tensor, bias: torch.Tensor | No
             raise ValueError(f"bias must have C_out={weight.shape[1]} entries, got {bias.shape[0]}")
 
 
-def _check_device(x: torch.Tensor) -> None:
+def _on_device_of(x: torch.Tensor):
+    """Check that the kernels can run on ``x``'s device and make it the current one (Triton
+    launches on the current device, not on the tensors')."""
     if x.device.type != "cuda" and not (INTERPRET and x.device.type == "cpu"):
         raise ValueError(f"the Triton kernels need CUDA tensors (or CPU tensors with "
                          f"TRITON_INTERPRET=1), got a tensor on {x.device}")
+    return _device.device_guard(x.device)
 
 
 def _out_hw(hw: tuple[int, int], padding: int) -> tuple[int, int]:
@@ -91,8 +94,7 @@ def _launch_conv3x3(x, weight, bias, padding, relu, allow_tf32, *, wrap=wrap_tri
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
             relu: bool, allow_tf32: bool) -> torch.Tensor:
     """``relu(conv2d(x, W, bias, padding))`` with a packed ``W`` (:func:`pack_conv3x3_weight`)."""
-    _check_device(x)
-    with _device.device_guard(x.device):
+    with _on_device_of(x):
         return _launch_conv3x3(x, weight, bias, padding, relu, allow_tf32)
 
 
@@ -115,8 +117,7 @@ def _launch_conv3x3_pool(x, weight, bias, padding, allow_tf32, *, wrap=wrap_trit
 def conv3x3_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
                  allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = relu(conv2d(x, W, bias, padding))`` and ``max_pool2d(y, 2)`` in one pass."""
-    _check_device(x)
-    with _device.device_guard(x.device):
+    with _on_device_of(x):
         return _launch_conv3x3_pool(x, weight, bias, padding, allow_tf32)
 
 
@@ -148,8 +149,7 @@ def conv3x3_cat(skip: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
                 allow_tf32: bool) -> torch.Tensor:
     """``conv3x3(join_skip(skip, up, same=padding == 1), ...)`` without materialising the join:
     the skip is read center-cropped (valid) and ``up`` as if zero-padded to the skip (same)."""
-    _check_device(skip)
-    with _device.device_guard(skip.device):
+    with _on_device_of(skip):
         return _launch_conv3x3_cat(skip, up, weight, bias, padding, relu, allow_tf32)
 
 
@@ -189,10 +189,8 @@ def conv3x3_head(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     ``head_weight`` is ``[C_out, num_classes]`` (:func:`pack_head_weight`); C_out <= 256.
     Returns contiguous NCHW logits; the 3x3 output is never written to memory.
     """
-    _check_device(x)
-    with _device.device_guard(x.device):
+    with _on_device_of(x):
         return _launch_conv3x3_head(x, weight, bias, head_weight, head_bias, padding, allow_tf32)
-
 
 
 def _upconv2x2_fake(x, weight, bias, allow_tf32):
@@ -221,10 +219,8 @@ def upconv2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
               allow_tf32: bool) -> torch.Tensor:
     """``conv_transpose2d(x, W, bias, stride=2)`` for a 2x2 kernel, ``W`` packed
     ``[C_in, 4 * C_out]`` (:func:`pack_upconv_weight`)."""
-    _check_device(x)
-    with _device.device_guard(x.device):
+    with _on_device_of(x):
         return _launch_upconv2x2(x, weight, bias, allow_tf32)
-
 
 
 def _crop_concat_fake(skip, up, same):
@@ -248,10 +244,8 @@ def _launch_crop_concat(skip, up, same, *, wrap=wrap_triton):
 def crop_concat(skip: torch.Tensor, up: torch.Tensor, same: bool) -> torch.Tensor:
     """``join_skip(skip, up, same)``: ``cat([center-cropped skip, up])`` (valid) or
     ``cat([skip, zero-padded up])`` (same), in one pass."""
-    _check_device(skip)
-    with _device.device_guard(skip.device):
+    with _on_device_of(skip):
         return _launch_crop_concat(skip, up, same)
-
 
 
 def _maxpool2x2_fake(x):
@@ -268,10 +262,8 @@ def _launch_maxpool2x2(x, *, wrap=wrap_triton):
 @triton_op("unet_fast::maxpool2x2", mutates_args=())
 def maxpool2x2(x: torch.Tensor) -> torch.Tensor:
     """``max_pool2d(x, 2)`` (floor mode)."""
-    _check_device(x)
-    with _device.device_guard(x.device):
+    with _on_device_of(x):
         return _launch_maxpool2x2(x)
-
 
 
 def _upsample_bilinear2x_fake(x):
@@ -288,8 +280,7 @@ def _launch_upsample_bilinear2x(x, *, wrap=wrap_triton):
 @triton_op("unet_fast::upsample_bilinear2x", mutates_args=())
 def upsample_bilinear2x(x: torch.Tensor) -> torch.Tensor:
     """``interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)``."""
-    _check_device(x)
-    with _device.device_guard(x.device):
+    with _on_device_of(x):
         return _launch_upsample_bilinear2x(x)
 
 
