@@ -24,6 +24,7 @@ import torch
 from ._atomic import atomic_path
 from .config import UNetConfig
 from .model import UNet
+from .weight_checks import weight_problem
 
 FORMAT = "unet_fast"
 VERSION = 1
@@ -230,6 +231,9 @@ def build_model(config: UNetConfig, state: dict[str, Any], where: str,
         # mixed precision files load into one dtype, the widest, so every backend gets one dtype
         widest = max(float_dtypes, key=lambda d: torch.finfo(d).bits)
         state = {k: t.to(widest) if t.is_floating_point() else t for k, t in state.items()}
+    problem = weight_problem(model, state, name)  # NaN/Inf, negative BatchNorm variance
+    if problem is not None:
+        raise CheckpointError(f"{where}: {problem}")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 

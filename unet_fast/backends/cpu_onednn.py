@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..dispatch import compute_dtype
 from ..packing import FoldedConv, fold_conv, fold_double_conv
 from ..reference import join_skip
+from ..weight_checks import check_weights
 
 if TYPE_CHECKING:
     from ..model import UNet
@@ -59,7 +60,12 @@ def _pack_conv(folded: FoldedConv) -> PackedConv:
 
 
 def pack(model: UNet, dtype: torch.dtype) -> PackedUNet:
-    """Fold and pack every weight of ``model`` for computing in ``dtype``."""
+    """Fold and pack every weight of ``model`` for computing in ``dtype``.
+
+    Raises a ValueError naming a NaN/Inf weight or a negative BatchNorm variance (see
+    :mod:`unet_fast.weight_checks`).
+    """
+    check_weights(model)
     def pair(block):
         return tuple(_pack_conv(f) for f in fold_double_conv(block, dtype))
 

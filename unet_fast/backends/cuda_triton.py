@@ -27,6 +27,7 @@ from torch import nn
 
 from ..dispatch import compute_dtype
 from ..packing import FoldedConv, fold_conv
+from ..weight_checks import check_weights
 
 if TYPE_CHECKING:
     from ..model import UNet
@@ -73,8 +74,10 @@ def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNe
     """Fold BatchNorm into every conv of ``model`` and pack the weights for the kernels.
 
     With ``tf32`` the weights are rounded to the nearest TF32 value: tensor cores truncate fp32
-    operands of a TF32 product, which biases every product toward zero.
+    operands of a TF32 product, which biases every product toward zero. Raises a ValueError
+    naming a NaN/Inf weight or a negative BatchNorm variance (see :mod:`unet_fast.weight_checks`).
     """
+    check_weights(model)
     from ..triton_kernels._common import round_to_tf32
     from ..triton_kernels.conv3x3 import pack_conv3x3_weight, pack_head_weight
     from ..triton_kernels.upconv import pack_upconv_weight
