@@ -13,7 +13,7 @@ import torch
 from unet_fast.backends.cuda_triton import CudaTritonBackend
 
 from .test_triton_model import make_models
-from .triton_helpers import needs_triton
+from .triton_helpers import needs_triton, rel_l2
 
 pytestmark = needs_triton
 
@@ -89,3 +89,33 @@ def test_graph_cache_keeps_the_most_recent_shapes(fake_cuda):
 def test_max_graphs_must_be_positive():
     with pytest.raises(ValueError, match="max_graphs must be >= 1"):
         CudaTritonBackend(cuda_graphs=True, max_graphs=0)
+
+
+def test_graph_captured_across_a_weight_update_is_not_kept(fake_cuda, monkeypatch):
+    """The graph entry's build gets the packed weights through a nested cache lookup. Another
+    thread updating the weights right after they were packed (simulated inside pack) must leave
+    neither the pack nor the graph captured from it in the cache."""
+    from unet_fast.backends import cuda_triton
+
+    from .test_triton_model import reference64
+
+    ref, fast = make_models("same", "batch", "transpose")
+    real_pack, packs = cuda_triton.pack, []
+
+    def pack_then_update(*args, **kwargs):
+        packed = real_pack(*args, **kwargs)
+        packs.append(packed)
+        if len(packs) == 1:
+            with torch.no_grad():  # ref shares these tensors (from_reference)
+                fast.decoder[0].conv1.weight.mul_(-1.0)
+                fast.encoder[1].norm2.running_mean.add_(1.0)
+        return packed
+
+    monkeypatch.setattr(cuda_triton, "pack", pack_then_update)
+    backend = CudaTritonBackend(cuda_graphs=True)
+    x = torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        backend._replay(fast, x, torch.float32, False)
+        out = backend._replay(fast, x, torch.float32, False)  # a hit: the fake replay is a no-op
+    assert rel_l2(out, reference64(ref, x)) < 1e-5
+    assert len(packs) == 2  # repacked after the update, once

@@ -134,11 +134,13 @@ class WeightCache:
                 with torch.no_grad():
                     value = build()
                 tensors = module_tensors(module)
-                # (a nested get() inside build() replaces the fingerprint if it saw a change)
                 if self._fingerprint is fingerprint and fingerprint.matches(tensors):
                     self._entries[key] = value
                     return value
-                self._drop_all()
+                # A nested get() inside build() that saw the change already replaced the
+                # fingerprint: its entries are current, keep them for the next attempt.
+                if self._fingerprint is None or not self._fingerprint.matches(tensors):
+                    self._drop_all()
             return value
 
     def _drop_all(self) -> None:
