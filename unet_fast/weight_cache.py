@@ -42,14 +42,15 @@ def module_tensors(module: nn.Module) -> list[torch.Tensor]:
     Walks ``_parameters``/``_buffers`` directly: ``parameters()``/``buffers()`` cost about three
     times as much (name prefixes, deduplication), and this runs on every forward.
     """
-    out: list[torch.Tensor] = []
-    stack = [module]
+    out: list[torch.Tensor | None] = []
+    stack: list[nn.Module | None] = [module]
     while stack:
         m = stack.pop()
-        out.extend(t for t in m._parameters.values() if t is not None)
-        out.extend(t for t in m._buffers.values() if t is not None)
-        stack.extend(c for c in m._modules.values() if c is not None)
-    return out
+        if m is not None:  # (None entries are legal in _modules, _parameters and _buffers)
+            out += m._parameters.values()
+            out += m._buffers.values()
+            stack += m._modules.values()
+    return [t for t in out if t is not None]
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
