@@ -9,6 +9,8 @@ so that packing and updating overlap on every trial instead of by luck. The orac
 
 from __future__ import annotations
 
+import copy
+import pickle
 import threading
 import time
 
@@ -151,3 +153,19 @@ def test_stress_inference_threads_against_an_updating_thread(monkeypatch, update
     _slow_fold(monkeypatch, 0.0005)
     failures = _stale_trials(update, TRIALS)
     assert not failures, f"stale output after {len(failures)}/{TRIALS} trials: {failures}"
+
+
+def test_copied_and_pickled_models_get_a_working_empty_cache():
+    """The cache holds a lock (which cannot be copied) and entries describing the original's
+    tensors: a deep copy or an unpickled model starts with an empty cache of its own."""
+    _, fast = make_pair(**KW)
+    x = torch.randn(X)
+    with torch.no_grad():
+        fast(x)
+    for twin in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+        assert len(twin.weight_cache) == 0
+        with torch.no_grad():
+            twin.head.bias.add_(1.0)  # the copy's own weights, not the original's
+        assert _final_error(twin, x) < 1e-5
+        assert len(twin.weight_cache) == 1
+    assert _final_error(fast, x) < 1e-5
