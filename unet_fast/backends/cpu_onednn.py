@@ -66,6 +66,7 @@ def pack(model: UNet, dtype: torch.dtype) -> PackedUNet:
     :mod:`unet_fast.weight_checks`).
     """
     check_weights(model)
+
     def pair(block):
         return tuple(_pack_conv(f) for f in fold_double_conv(block, dtype))
 
