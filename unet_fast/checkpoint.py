@@ -7,7 +7,9 @@ The file is a ``torch.save`` of a plain dict (only str/int/float/None/list/dict 
 plus ``"mask_values"`` (a list: the pixel value of each class, ints or colours) when the model
 carries them (milesial imports do), and is read back with ``torch.load(weights_only=True)``: no
 arbitrary object is ever unpickled.
-Writes are atomic (temporary file in the same folder, then ``os.replace``).
+Writes are atomic (temporary file in the same folder, then ``os.replace``). The archive carries
+a SHA-256 digest of its bytes as its zip comment, checked by :func:`read` (files without one are
+checked against the archive's CRC-32s), see :mod:`unet_fast._ckpt_file`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import _ckpt_file
 from ._atomic import atomic_path
 from .config import UNetConfig
 from .model import UNet
@@ -58,20 +61,27 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str], *,
     payload.update(extra or {})
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+        _ckpt_file.add_digest(tmp)
 
 
 def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
     """The raw object stored in a torch checkpoint file, loaded with ``weights_only=True``.
 
-    Raises :class:`CheckpointError` naming ``path`` if it is missing, unreadable or corrupt.
+    The file is verified first (see :mod:`unet_fast._ckpt_file`): it must be a regular file, a
+    zip archive of uncompressed entries (what ``torch.save`` writes) whose bytes match the
+    digest :func:`save` stores, or, for files without one, every entry's CRC-32.
+
+    Raises :class:`CheckpointError` naming ``path`` if it is missing, unreadable, not a regular
+    file, corrupt or compressed.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {str(path)!r} is a folder, expected a file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        f = _ckpt_file.check_file(path)
+    except _ckpt_file.FileCheckError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} {e}") from e
+    try:
+        with f:
+            return torch.load(f, map_location=map_location, weights_only=True)
     except PermissionError as e:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: permission denied") from e
     except (FileNotFoundError, IsADirectoryError) as e:  # it changed since the checks above
