@@ -78,6 +78,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_probability, metavar="P",
                    help="binary models (1 or 2 classes): foreground where its probability "
                         "> P (default: 0.5 for 1 class, argmax for 2)")
+    p.add_argument("--max-pixels", type=_non_negative, metavar="N",
+                   help="refuse images with more than N pixels before decoding them, a guard "
+                        "against decompression bombs; 0: no limit (default: Pillow's limit, "
+                        "178956970, for every format)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress bars (default: only on a terminal)")
@@ -93,6 +97,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return n
 
 
@@ -329,7 +343,8 @@ def run(args: argparse.Namespace) -> int:
                        f"{cfg.num_classes}, its mask is the argmax")
     if args.tile_size is not None:
         check_tile_size(args.tile_size, cfg)
-    images = check_inputs(files, cfg.in_channels)
+    limit = _pixel_limit(args)
+    images = check_inputs(files, cfg.in_channels, limit)
     try:
         model = model.to(device=device, dtype=DTYPES[args.dtype])
     except RuntimeError as e:
@@ -343,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(src.name, refresh=False)
             image = images.pop(src, None)
             if image is None:
-                image = read_input(src, cfg.in_channels)
+                image = read_input(src, cfg.in_channels, limit)
             _segment_one(model, image, src, dst, args, device, show, mask_values)
         bar.close()
     except BaseException:
@@ -352,14 +367,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_input(src: Path, channels: int) -> torch.Tensor:
-    """The image at ``src`` as the model's input ``(C, H, W)``: readable, with ``channels``
-    channels (after dropping an alpha channel) and finite."""
+def _pixel_limit(args: argparse.Namespace) -> int | None:
+    from unet_fast import image_io
+
+    n = getattr(args, "max_pixels", None)
+    return image_io.MAX_PIXELS if n is None else (n or None)
+
+
+def read_input(src: Path, channels: int, max_pixels: int | None) -> torch.Tensor:
+    """The image at ``src`` as the model's input ``(C, H, W)``: readable, within ``max_pixels``
+    (None: no limit), with ``channels`` channels (after dropping an alpha channel) and finite."""
     from unet_fast import image_io
 
     try:
-        image = image_io.read_image(src)
+        image = image_io.read_image(src, max_pixels=max_pixels)
         image = image_io.match_channels(image, channels, f"image {str(src)!r}")
+    except image_io.TooManyPixelsError as e:
+        raise CliError(f"{e.describe()}; if you mean it, give --max-pixels N (0: no "
+                       "limit)") from e
     except image_io.ImageError as e:
         raise CliError(str(e)) from e
     if image.is_floating_point() and not torch.isfinite(image).all():
@@ -368,13 +393,14 @@ def read_input(src: Path, channels: int) -> torch.Tensor:
     return image
 
 
-def check_inputs(files: list[Path], channels: int) -> dict[Path, torch.Tensor]:
+def check_inputs(files: list[Path], channels: int,
+                 max_pixels: int | None) -> dict[Path, torch.Tensor]:
     """Read every input once before anything is written, so one bad file fails the command
     without results for the others; returns the images that fit in :data:`KEEP_BYTES`."""
     kept: dict[Path, torch.Tensor] = {}
     total = 0
     for src in files:
-        image = read_input(src, channels)
+        image = read_input(src, channels, max_pixels)
         nbytes = image.numel() * image.element_size()
         if total + nbytes <= KEEP_BYTES:
             kept[src] = image
