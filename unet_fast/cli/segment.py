@@ -7,8 +7,12 @@ renamed)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,20 +355,82 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"cannot move the model to {device} ({_first_line(e)})") from e
     show = sys.stderr.isatty() if args.progress is None else args.progress
     mask_values = getattr(model, "mask_values", None)
-    made = _make_folders(plan.folders)
-    try:
-        bar = tqdm(plan.targets, desc="images", unit="img", disable=not show, file=sys.stderr)
-        for src, dst in bar:
-            bar.set_postfix_str(src.name, refresh=False)
-            image = images.pop(src, None)
-            if image is None:
-                image = read_input(src, cfg.in_channels, limit)
-            _segment_one(model, image, src, dst, args, device, show, mask_values)
-        bar.close()
-    except BaseException:
-        _remove_empty(made)  # the folders this run created, if it wrote nothing into them
-        raise
+    with _sigterm_interrupts():
+        made, marks = _claim_folders(plan)
+        try:
+            bar = tqdm(plan.targets, desc="images", unit="img", disable=not show,
+                       file=sys.stderr)
+            for src, dst in bar:
+                bar.set_postfix_str(src.name, refresh=False)
+                image = images.pop(src, None)
+                if image is None:
+                    image = read_input(src, cfg.in_channels, limit)
+                _segment_one(model, image, src, dst, args, device, show, mask_values)
+            bar.close()
+        except BaseException:
+            _unmark(marks)
+            # the folders this run created, if empty: none another run marked or wrote into
+            _remove_empty(made)
+            raise
+        _unmark(marks)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler) interrupts like Ctrl-C, so the clean-up runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _claim_folders(plan: Plan) -> tuple[list[Path], list[Path]]:
+    """Create the missing output folders, mark every output folder as used by this run (an
+    interrupted run removes only empty folders it made, and the mark keeps this one's from
+    being empty) and remove the temporary files that killed runs left there. Returns the
+    folders made and the marks."""
+    from unet_fast import _atomic
+
+    made = _make_folders(plan.folders)
+    marks: list[Path] = []
+    try:
+        for folder in sorted({dst.parent for _, dst in plan.targets}):
+            for _ in range(5):
+                try:
+                    marks.append(_atomic.mark_in_use(folder))
+                    break
+                except FileNotFoundError:
+                    # an interrupted run removed the empty folder it made: make it again
+                    made.extend(_make_folders(_check_writable(folder)))
+            else:
+                raise CliError(f"output folder {str(folder)!r} keeps disappearing")
+            _atomic.remove_stale(folder)
+    except OSError as e:
+        _unmark(marks)
+        _remove_empty(made)
+        raise CliError(f"cannot write into output folder: {e.strerror or e}") from e
+    except BaseException:
+        _unmark(marks)
+        _remove_empty(made)
+        raise
+    return made, marks
+
+
+def _unmark(marks: list[Path]) -> None:
+    from unet_fast import _atomic
+
+    for mark in marks:
+        _atomic.unmark(mark)
+    marks.clear()
 
 
 def _pixel_limit(args: argparse.Namespace) -> int | None:
