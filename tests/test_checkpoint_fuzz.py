@@ -242,3 +242,14 @@ def test_console_script_sees_one_line(saved):
         assert lines[0].startswith("unet-fast segment: error: "), (name, err)
         assert "checkpoint" in lines[0] and "Traceback" not in err, (name, err)
         assert not (d / f"{name}.png").exists()
+
+
+def test_training_resume_reads_with_the_same_checks(saved):
+    from unet_fast.training.checkpoint import load_model, read_checkpoint
+
+    _, files = saved
+    for name in ("config-base_channels-1000000000", "dtype-torch.bool", "wrong-shape"):
+        with pytest.raises(CheckpointError):
+            read_checkpoint(files[name])
+        with pytest.raises(CheckpointError):
+            load_model(files[name])
