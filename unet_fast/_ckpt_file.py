@@ -35,6 +35,7 @@ _CHUNK = 1 << 20
 # pickle protocol 2 followed by the magic number torch's pre-1.6 format starts with
 _LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no named pipes in the file system
 _KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
@@ -56,7 +57,7 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     try:
         _require_regular(os.stat(path).st_mode)
         # O_NONBLOCK: had the path become a named pipe since the stat, open() would not wait
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise FileCheckError("does not exist") from None
     except PermissionError:
@@ -65,7 +66,8 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
         raise FileCheckError(f"cannot be read: {e.strerror or e}") from e
     try:
         _require_regular(os.fstat(fd).st_mode)
-        os.set_blocking(fd, True)
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
