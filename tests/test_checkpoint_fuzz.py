@@ -253,3 +253,14 @@ def test_training_resume_reads_with_the_same_checks(saved):
             read_checkpoint(files[name])
         with pytest.raises(CheckpointError):
             load_model(files[name])
+
+
+def test_save_refuses_mask_values_load_would_refuse(tmp_path):
+    model = _model()
+    model.mask_values = [0, 10**9]
+    with pytest.raises(CheckpointError, match=r"mask_values.*10+ is outside 0..65535"):
+        unet_fast.save(model, tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []
+    model.mask_values = [0, 255]
+    unet_fast.save(model, tmp_path / "m.pt")
+    assert unet_fast.load(tmp_path / "m.pt").mask_values == [0, 255]

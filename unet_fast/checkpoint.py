@@ -42,7 +42,8 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str], *,
 
     Tensors are saved as they are (dtype kept) but moved to the CPU, so the file loads anywhere.
     A ``model.mask_values`` attribute (see :func:`unet_fast.from_milesial`) is stored too and
-    restored by :func:`load`. ``extra`` adds more top-level entries (plain containers and tensors
+    restored by :func:`load`; values :func:`load` would refuse raise :class:`CheckpointError`
+    before anything is written. ``extra`` adds more top-level entries (plain containers and tensors
     only, e.g. the trainer's resume state); :func:`load` ignores them.
     """
     config = getattr(model, "config", None)
@@ -54,7 +55,9 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str], *,
                "state_dict": state}
     mask_values = getattr(model, "mask_values", None)
     if mask_values is not None:
-        payload["mask_values"] = _plain_mask_values(mask_values)
+        # a file load() would refuse is never written
+        payload["mask_values"] = check_mask_values(_plain_mask_values(mask_values),
+                                                   config.num_classes, "model")
     clash = set(extra or ()) & set(payload)
     if clash:
         raise ValueError(f"extra entries may not replace {sorted(clash)}")
