@@ -266,7 +266,7 @@ def _check_size(config: UNetConfig, state: dict[str, Any], where: str) -> None:
         raise CheckpointError(
             f"{where}: its config (in_channels={config.in_channels}, num_classes="
             f"{config.num_classes}, base_channels={config.base_channels}, depth={config.depth}) "
-            f"needs at least {shown} weights but the file holds {held:,} tensor values")
+            f"needs at least {shown} weights but only {held:,} tensor values are stored")
 
 
 def _check_tensor(t: Any, ref: torch.Tensor, what: str) -> torch.Tensor:
