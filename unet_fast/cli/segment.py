@@ -40,6 +40,8 @@ uint8 is scaled by 1/255, uint16 by 1/65535, floats are used as they are. A fold
 the image files directly inside it, except this command's outputs (*_mask.*, *_probs.*,
 *_overlay.*), which are skipped; name such a file to segment it. Every input is read and
 checked before the model runs: one bad input fails the command before anything is written.
+An image with more pixels than Pillow's limit (178956970, colour channels not counted) is
+refused from its header, whatever its format; --max-pixels N changes the limit (0: none).
 
 outputs: in a folder, NAME_mask.png (labels 0..K-1, uint8, or uint16 beyond 256 classes; a
 milesial checkpoint's mask_values are used as pixel values when present), NAME_probs.npy
