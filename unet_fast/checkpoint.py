@@ -7,7 +7,9 @@ The file is a ``torch.save`` of a plain dict (only str/int/float/None/list/dict 
 plus ``"mask_values"`` (a list: the pixel value of each class, ints or colours) when the model
 carries them (milesial imports do), and is read back with ``torch.load(weights_only=True)``: no
 arbitrary object is ever unpickled.
-Writes are atomic (temporary file in the same folder, then ``os.replace``).
+Writes are atomic (temporary file in the same folder, then ``os.replace``). The archive carries
+a SHA-256 digest of its bytes as its zip comment, checked by :func:`read` (files without one are
+checked against the archive's CRC-32s), see :mod:`unet_fast._ckpt_file`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import _ckpt_file
 from ._atomic import atomic_path
 from .config import UNetConfig
 from .model import UNet
@@ -40,7 +43,8 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str], *,
 
     Tensors are saved as they are (dtype kept) but moved to the CPU, so the file loads anywhere.
     A ``model.mask_values`` attribute (see :func:`unet_fast.from_milesial`) is stored too and
-    restored by :func:`load`. ``extra`` adds more top-level entries (plain containers and tensors
+    restored by :func:`load`; values :func:`load` would refuse raise :class:`CheckpointError`
+    before anything is written. ``extra`` adds more top-level entries (plain containers and tensors
     only, e.g. the trainer's resume state); :func:`load` ignores them.
     """
     config = getattr(model, "config", None)
@@ -52,27 +56,36 @@ def save(model: torch.nn.Module, path: str | os.PathLike[str], *,
                "state_dict": state}
     mask_values = getattr(model, "mask_values", None)
     if mask_values is not None:
-        payload["mask_values"] = _plain_mask_values(mask_values)
+        # a file load() would refuse is never written
+        payload["mask_values"] = check_mask_values(_plain_mask_values(mask_values),
+                                                   config.num_classes, "model")
     clash = set(extra or ()) & set(payload)
     if clash:
         raise ValueError(f"extra entries may not replace {sorted(clash)}")
     payload.update(extra or {})
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+        _ckpt_file.add_digest(tmp)
 
 
 def read(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
     """The raw object stored in a torch checkpoint file, loaded with ``weights_only=True``.
 
-    Raises :class:`CheckpointError` naming ``path`` if it is missing, unreadable or corrupt.
+    The file is verified first (see :mod:`unet_fast._ckpt_file`): it must be a regular file, a
+    zip archive of uncompressed entries (what ``torch.save`` writes) whose bytes match the
+    digest :func:`save` stores, or, for files without one, every entry's CRC-32.
+
+    Raises :class:`CheckpointError` naming ``path`` if it is missing, unreadable, not a regular
+    file, corrupt or compressed.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {str(path)!r} is a folder, expected a file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        f = _ckpt_file.check_file(path)
+    except _ckpt_file.FileCheckError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} {e}") from e
+    try:
+        with f:
+            return torch.load(f, map_location=map_location, weights_only=True)
     except PermissionError as e:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: permission denied") from e
     except (FileNotFoundError, IsADirectoryError) as e:  # it changed since the checks above
@@ -187,10 +200,8 @@ def from_checkpoint_dict(obj: Any, path: str | os.PathLike[str] = "<memory>") ->
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where} has an invalid config: {e}") from e
     mask_values = obj.get("mask_values")  # absent from files of older unet_fast versions
-    if mask_values is not None and not (isinstance(mask_values, list)
-                                        and all(_is_value(v) for v in mask_values)):
-        raise CheckpointError(f"{where} has an invalid 'mask_values' entry (expected a list of "
-                              "numbers or colours)")
+    if mask_values is not None:
+        mask_values = check_mask_values(mask_values, config.num_classes, where)
     model = build_model(config, state, where)
     if mask_values is not None:
         model.mask_values = mask_values
@@ -206,6 +217,7 @@ def build_model(config: UNetConfig, state: dict[str, Any], where: str,
     imported checkpoint's own key).
     """
     name = display or str
+    _check_size(config, state, where)
     with torch.device("meta"):
         model = UNet(**config.to_dict())
     expected = model.state_dict()
@@ -218,14 +230,10 @@ def build_model(config: UNetConfig, state: dict[str, Any], where: str,
         if unexpected:
             parts.append(f"unexpected keys {_few(unexpected)}")
         raise CheckpointError(f"{where} does not match its config: " + "; ".join(parts))
+    checked = {}
     for k, ref in expected.items():
-        t = state[k]
-        if not isinstance(t, torch.Tensor):
-            raise CheckpointError(
-                f"{where}: entry {name(k)!r} is a {type(t).__name__}, not a tensor")
-        if t.shape != ref.shape:
-            raise CheckpointError(f"{where}: {name(k)!r} has shape {tuple(t.shape)}, the config "
-                                  f"needs {tuple(ref.shape)}")
+        checked[k] = _check_tensor(state[k], ref, f"{where}: {name(k)!r}")
+    state = checked
     float_dtypes = {t.dtype for k, t in state.items() if t.is_floating_point()}
     if len(float_dtypes) > 1:
         # mixed precision files load into one dtype, the widest, so every backend gets one dtype
@@ -236,6 +244,96 @@ def build_model(config: UNetConfig, state: dict[str, Any], where: str,
         raise CheckpointError(f"{where}: {problem}")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
+
+
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _min_parameters(config: UNetConfig) -> int:
+    """A lower bound on the weights ``config``'s network holds: the last encoder level's second
+    3x3 convolution, the first one and the 1x1 head (exact Python integers, no overflow)."""
+    if config.depth > 64:  # beyond any memory; keeps the integers small
+        return 2**130
+    top = config.base_channels
+    deepest = top * 2 ** (config.depth - 1)
+    return 9 * deepest * deepest + 9 * config.in_channels * top + top * config.num_classes
+
+
+def _check_size(config: UNetConfig, state: dict[str, Any], where: str) -> None:
+    """Refuse a config whose network needs more weights than the file holds, before building
+    it (``base_channels=10**9`` would overflow torch's size arithmetic, even on ``meta``)."""
+    held = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor)
+               and t.layout == torch.strided and not t.is_nested)
+    needed = _min_parameters(config)
+    if needed > held:
+        shown = f"{needed:,}" if needed < 10**15 else f"about 10^{len(str(needed)) - 1}"
+        raise CheckpointError(
+            f"{where}: its config (in_channels={config.in_channels}, num_classes="
+            f"{config.num_classes}, base_channels={config.base_channels}, depth={config.depth}) "
+            f"needs at least {shown} weights but only {held:,} tensor values are stored")
+
+
+def _check_tensor(t: Any, ref: torch.Tensor, what: str) -> torch.Tensor:
+    """``t`` if it can stand for the model's tensor ``ref`` (a dense tensor of its shape, floating
+    point for weights, integer for counters), made contiguous; else a CheckpointError."""
+    if not isinstance(t, torch.Tensor):
+        raise CheckpointError(f"{what} is a {type(t).__name__}, not a tensor")
+    if t.is_nested or t.layout != torch.strided or t.is_quantized:
+        kind = ("nested" if t.is_nested else "quantized" if t.is_quantized
+                else str(t.layout).replace("torch.", "").replace("_coo", ""))
+        raise CheckpointError(f"{what} is a {kind} tensor; only dense tensors are loaded")
+    if t.shape != ref.shape:
+        raise CheckpointError(f"{what} has shape {tuple(t.shape)}, the config needs "
+                              f"{tuple(ref.shape)}")
+    if ref.is_floating_point():
+        if t.dtype not in WEIGHT_DTYPES:
+            raise CheckpointError(f"{what} has dtype {t.dtype}; weights must be float16, "
+                                  "bfloat16, float32 or float64")
+    elif t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise CheckpointError(f"{what} has dtype {t.dtype}; this counter must be an integer")
+    else:
+        t = t.to(ref.dtype)
+    return t.contiguous()
+
+
+def check_mask_values(values: Any, num_classes: int, where: str) -> list[Any]:
+    """``values`` (each class's pixel value in written masks) as a plain list, if every class
+    has one and each fits a 16-bit mask: integers in 0..65535, or colours ``[R, G, B(, A)]`` of
+    integers in 0..255; else a :class:`CheckpointError` naming what is wrong."""
+    needed = max(num_classes, 2)  # a 1-class model's mask is still background/foreground
+    rule = (f"expected a list of at least {needed} class values: integers in 0..65535, or "
+            "[R, G, B] colours of integers in 0..255")
+
+    def bad(reason: str) -> CheckpointError:
+        return CheckpointError(f"{where} has invalid mask_values ({reason}); {rule}")
+
+    if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise bad(f"a {type(values).__name__}, not a list")
+    if len(values) < needed:
+        raise bad(f"{len(values)} value(s) for {needed} classes")
+    colours = [isinstance(v, (list, tuple)) for v in values]
+    if any(colours) and not all(colours):
+        raise bad("numbers and colours mixed")
+    if all(colours):
+        lengths = {len(v) for v in values}
+        if len(lengths) != 1 or lengths.pop() not in (3, 4):
+            raise bad("colours must all have 3 (RGB) or 4 (RGBA) entries")
+        return [[_mask_integer(c, 255, bad) for c in v] for v in values]
+    return [_mask_integer(v, 65535, bad) for v in values]
+
+
+def _mask_integer(v: Any, top: int, bad: Callable[[str], CheckpointError]) -> int | bool:
+    if isinstance(v, bool):
+        return v  # milesial keeps a 1-bit mask's values as False/True
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int):
+        raise bad(f"{v!r:.20} is not an integer")
+    if not 0 <= v <= top:
+        raise bad(f"{v} is outside 0..{top}")
+    return v
 
 
 def _describe_foreign(obj: Any) -> str:

@@ -13,6 +13,13 @@ Reading (:func:`read_image`) returns a ``(C, H, W)`` float32 tensor:
   guessed: channels-last ``(H, W, C)`` when its last axis has at most 4 entries and its first
   more than 4, otherwise channels-first ``(C, H, W)``. This guess is made for ``.npy`` only.
 
+Size limit: an image with more than :data:`MAX_PIXELS` pixels is refused from its header, before
+any pixel is decoded, whatever its format (Pillow guards PNG/JPEG/BMP this way; a 400 KB deflate
+TIFF or a bare ``.npy`` header can declare gigabytes too). Pixels are height x width; channels
+count only when there are more than 4 of them (a stack rather than colours). The limit is
+Pillow's own (2 x ``PIL.Image.MAX_IMAGE_PIXELS``); set :data:`MAX_PIXELS` (or pass
+``max_pixels=``, or ``--max-pixels`` on the command line) to change it, None for no limit.
+
 16-bit PNGs: grayscale ones are read at full depth; colour ones (RGB, RGBA, gray+alpha) are
 refused, because Pillow can only read them reduced to 8 bits (save them as 16-bit TIFF).
 
@@ -31,8 +38,12 @@ half-written file:
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
-from collections.abc import Sequence
+import stat
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +64,94 @@ PALETTE = np.array([
 ], dtype=np.float32)
 
 
+#: Images with more pixels than this are refused before they are decoded (None: no limit). The
+#: default is where Pillow refuses a PNG: 2 x PIL.Image.MAX_IMAGE_PIXELS, e.g. 13377 x 13377.
+MAX_PIXELS: int | None = 2 * 89_478_485
+
+# Pillow formats read (Image.open would otherwise decode anything it knows, EPS included);
+# MPO is how Pillow names the multi-picture JPEGs cameras write
+PIL_FORMATS = ("PNG", "JPEG", "MPO", "BMP")
+
+_DEFAULT: Any = object()  # "use MAX_PIXELS" (None already means "no limit")
+_PILLOW_LIMIT = threading.Lock()  # Pillow's limit is a global: lifted for one open at a time
+
+
 class ImageError(ValueError):
     """An image that cannot be read or written; the message is one line naming the file."""
+
+
+class TooManyPixelsError(ImageError):
+    """An image larger than the pixel limit; ``pixels``, ``shape`` and ``limit`` say by how much.
+
+    The message ends with how to raise the limit from Python; the command line words its own.
+    """
+
+    def __init__(self, name: str, pixels: int, shape: tuple[int, ...], limit: int) -> None:
+        self.name, self.pixels, self.shape, self.limit = name, pixels, shape, limit
+        super().__init__(f"{self.describe()}; if you mean it, raise unet_fast.image_io."
+                         "MAX_PIXELS (None: no limit)")
+
+    def describe(self) -> str:
+        dims = " x ".join(str(n) for n in self.shape)
+        return (f"{self.name} has {self.pixels:,} pixels ({dims}), more than the limit of "
+                f"{self.limit:,} that guards against decompression bombs")
+
+
+def _limit(max_pixels: Any) -> int | None:
+    value = MAX_PIXELS if max_pixels is _DEFAULT else max_pixels
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValueError(f"max_pixels must be a positive integer or None, got {value!r}")
+    return value
+
+
+def check_pixels(shape: Sequence[int], channels_last: bool | None, name: str,
+                 limit: int | None) -> None:
+    """Raise :class:`TooManyPixelsError` if an array of ``shape`` (laid out as
+    :func:`to_chw` reads it) has more than ``limit`` pixels; see the module docstring."""
+    if limit is None:
+        return
+    shape = tuple(int(n) for n in shape)
+    total = math.prod(shape)
+    shown = shape
+    if len(shape) == 3:
+        if channels_last is None:
+            channels_last = shape[-1] <= 4 < shape[0]
+        channels = shape[-1] if channels_last else shape[0]
+        if 0 < channels <= 4:  # colours: not counted, as Pillow counts them
+            total //= channels
+            shown = shape[:-1] if channels_last else shape[1:]
+    if total > limit:
+        raise TooManyPixelsError(name, total, shown, limit)
+
+
+def _require_regular(path: Path, name: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # open() reports it
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a device"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+        raise ImageError(f"{name} is {kind}, not a regular file")
+
+
+@contextlib.contextmanager
+def _pillow_limit(limit: int | None) -> Iterator[None]:
+    """Lift Pillow's own bomb check while opening when :data:`MAX_PIXELS` allows more: the
+    caller checks the size instead."""
+    from PIL import Image
+
+    pillow = Image.MAX_IMAGE_PIXELS
+    if pillow is None or (limit is not None and limit <= 2 * pillow):
+        yield
+        return
+    with _PILLOW_LIMIT:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow
 
 
 def _first_line(e: BaseException) -> str:
@@ -62,10 +159,18 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(path: Path, limit: int | None) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
+    try:
+        with _pillow_limit(limit):
+            im = Image.open(path, formats=PIL_FORMATS)
+    except Image.DecompressionBombError:
+        # over Pillow's limit, hence over ours: open the header again only to say by how much
+        with _pillow_limit(None):
+            im = Image.open(path, formats=PIL_FORMATS)
+    with im:
+        check_pixels((im.height, im.width), True, f"image {str(path)!r}", limit)
         if im.format == "PNG" and im.mode not in ("I", "I;16", "I;16B") and any(
                 ";16" in str(tile.args) for tile in im.tile):
             raise ImageError(
@@ -90,47 +195,81 @@ def _read_pil(path: Path) -> np.ndarray:
     return a
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
+def _read_tiff(path: Path, limit: int | None) -> tuple[np.ndarray, bool]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         if not tif.series:  # tifffile only logs a warning for garbage
             raise ValueError("no image data found")
         series = tif.series[0]
-        a, axes = series.asarray(), series.axes
+        shape, axes = tuple(series.shape), series.axes
+        if len(shape) > 3:
+            raise ImageError(f"image {str(path)!r} has {len(shape)} axes ({axes}, shape "
+                             f"{shape}); expected one 2-D image, with or without channels")
+        # from the header alone: tifffile decodes nothing until asarray()
+        check_pixels(shape, axes.endswith("S"), f"image {str(path)!r}", limit)
+        a = series.asarray()
     if a.size == 0:
         raise ValueError("no image data found")
-    if a.ndim > 3:
-        raise ImageError(f"image {str(path)!r} has {a.ndim} axes ({axes}, shape {a.shape}); "
-                         "expected one 2-D image, with or without channels")
     return a, axes.endswith("S")
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, bool | None]:
+def _read_npy(path: Path, limit: int | None) -> np.ndarray:
+    """The array of a ``.npy`` file, after checking its header: the shape against ``limit`` and
+    the data it declares against the file's size (numpy would allocate first)."""
+    fmt = np.lib.format
+    name = f"image {str(path)!r}"
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:  # 3.0 only differs for structured dtypes with non-ASCII field names
+            raise ImageError(f"{name}: .npy format version {version[0]}.{version[1]} is not "
+                             "read; save it with numpy.save as a plain numeric array")
+        if dtype.hasobject:
+            raise ImageError(f"cannot read {name}: corrupt or not a numeric .npy array")
+        check_pixels(shape, None, name, limit)
+        declared = math.prod(shape) * dtype.itemsize
+        held = os.fstat(f.fileno()).st_size - f.tell()
+        if declared > held:
+            raise ImageError(f"{name} is truncated: its header declares {declared} bytes of "
+                             f"pixels, the file holds {held}")
+        f.seek(0)
+        return fmt.read_array(f, allow_pickle=False)
+
+
+def _read_raw(path: Path, max_pixels: Any = _DEFAULT) -> tuple[np.ndarray, bool | None]:
     """The pixel array and whether its channels are last (None: unknown, guess)."""
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise ImageError(f"unsupported file type {path.name!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
+    limit = _limit(max_pixels)
+    _require_regular(path, f"image {str(path)!r}")
     if suffix in NPY_SUFFIXES:
-        return np.load(path, allow_pickle=False), None
+        return _read_npy(path, limit), None
     if suffix in TIFF_SUFFIXES:
-        return _read_tiff(path)
-    return _read_pil(path), True  # Pillow: always rows x columns (x channels)
+        return _read_tiff(path, limit)
+    return _read_pil(path, limit), True  # Pillow: always rows x columns (x channels)
 
 
-def read_array(path: str | os.PathLike[str]) -> np.ndarray:
-    """The raw pixel array of an image or mask file (no normalisation, no layout change)."""
-    return _read_raw(Path(path))[0]
+def read_array(path: str | os.PathLike[str], *, max_pixels: Any = _DEFAULT) -> np.ndarray:
+    """The raw pixel array of an image or mask file (no normalisation, no layout change).
+
+    ``max_pixels``: the size limit (default :data:`MAX_PIXELS`; None: no limit).
+    """
+    return _read_raw(Path(path), max_pixels)[0]
 
 
-def read_chw(path: str | os.PathLike[str]) -> np.ndarray:
+def read_chw(path: str | os.PathLike[str], *, max_pixels: Any = _DEFAULT) -> np.ndarray:
     """The pixels of an image file as a ``(C, H, W)`` array of the file's dtype (not normalised).
 
     Pillow images have their channels last, TIFFs where their axes say; only ``.npy`` arrays have
-    their layout guessed (see the module docstring).
+    their layout guessed (see the module docstring). ``max_pixels`` as for :func:`read_array`.
     """
     path = Path(path)
-    a, channels_last = _read_raw(path)
+    a, channels_last = _read_raw(path, max_pixels)
     return to_chw(np.asarray(a), f"image {str(path)!r}", channels_last)
 
 
@@ -162,11 +301,14 @@ def normalise(a: np.ndarray, name: str = "image") -> np.ndarray:
         f"{name} has pixel type {a.dtype}; supported: uint8, uint16, bool, float16/32/64")
 
 
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+def read_image(path: str | os.PathLike[str], *, max_pixels: Any = _DEFAULT) -> torch.Tensor:
     """The image at ``path`` as a normalised ``(C, H, W)`` float32 tensor (see module docs).
 
+    ``max_pixels``: refuse images with more pixels, checked before decoding (default
+    :data:`MAX_PIXELS`, Pillow's limit; None: no limit).
+
     Raises :class:`ImageError` with one line naming ``path`` if it is missing, unreadable, of an
-    unsupported type or shape.
+    unsupported type or shape, or over the pixel limit (:class:`TooManyPixelsError`).
     """
     path = Path(path)
     name = f"image {str(path)!r}"
@@ -178,7 +320,7 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     if path.is_dir():
         raise ImageError(f"{name} is a folder, expected a file")
     try:
-        a = read_chw(path)
+        a = read_chw(path, max_pixels=max_pixels)
     except ImageError:
         raise
     except PermissionError as e:
@@ -188,7 +330,7 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     except Exception as e:
         if type(e).__name__ == "DecompressionBombError":
             raise ImageError(f"{name} has more pixels than Pillow's safety limit "
-                             "(PIL.Image.MAX_IMAGE_PIXELS); save it as TIFF or .npy") from e
+                             "(PIL.Image.MAX_IMAGE_PIXELS)") from e
         if path.suffix.lower() in NPY_SUFFIXES:
             # numpy falls back to unpickling anything without its header and then advises
             # allow_pickle=True, which would run whatever the file holds: never quote it

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, build_model, read
+from .checkpoint import CheckpointError, build_model, check_mask_values, read
 from .config import UNetConfig
 from .model import UNet
 
@@ -161,6 +161,11 @@ def from_milesial(state_dict_or_path: dict[str, Any] | str | os.PathLike[str],
     non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
         raise CheckpointError(f"{where}: unexpected non-tensor entries {non_tensors[:3]}")
+    for k, v in state.items():
+        if v.is_nested or v.layout != torch.strided:
+            kind = "nested" if v.is_nested else str(v.layout).replace("torch.", "")
+            raise CheckpointError(f"{where}: {original[k]!r} is a {kind} tensor; only dense "
+                                  "tensors are loaded")
     downs = sorted({int(m.group(1)) for k in state if (m := re.match(r"down(\d+)\.", k))})
     depth = len(downs)
     if depth < 1 or downs != list(range(1, depth + 1)):
@@ -169,6 +174,12 @@ def from_milesial(state_dict_or_path: dict[str, Any] | str | os.PathLike[str],
         first, head = state["inc.double_conv.0.weight"], state["outc.conv.weight"]
     except KeyError as e:
         raise CheckpointError(f"{where}: missing key {e.args[0]!r}") from None
+    # the layout is read from these two shapes: a 3x3 and a 1x1 convolution's weights
+    for key, t, kernel in (("inc.double_conv.0.weight", first, 3), ("outc.conv.weight", head, 1)):
+        if t.ndim != 4 or tuple(t.shape[2:]) != (kernel, kernel):
+            raise CheckpointError(
+                f"{where}: {original[key]!r} has shape {tuple(t.shape)}, expected a "
+                f"{kernel}x{kernel} convolution's weights (out, in, {kernel}, {kernel})")
     bilinear = not any(re.fullmatch(r"up\d+\.up\.weight", k) for k in state)
     try:
         config = UNetConfig(in_channels=first.shape[1], num_classes=head.shape[0],
@@ -176,6 +187,8 @@ def from_milesial(state_dict_or_path: dict[str, Any] | str | os.PathLike[str],
                             norm="batch", upsample="bilinear" if bilinear else "transpose")
     except ValueError as e:
         raise CheckpointError(f"{where}: unsupported layout ({e})") from e
+    if mask_values is not None:
+        mask_values = check_mask_values(mask_values, config.num_classes, where)
     renamed, unknown, source = {}, [], {}
     for k, v in state.items():
         new = _new_key(k, depth)

@@ -7,8 +7,12 @@ renamed)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,8 @@ uint8 is scaled by 1/255, uint16 by 1/65535, floats are used as they are. A fold
 the image files directly inside it, except this command's outputs (*_mask.*, *_probs.*,
 *_overlay.*), which are skipped; name such a file to segment it. Every input is read and
 checked before the model runs: one bad input fails the command before anything is written.
+An image with more pixels than Pillow's limit (178956970, colour channels not counted) is
+refused from its header, whatever its format; --max-pixels N changes the limit (0: none).
 
 outputs: in a folder, NAME_mask.png (labels 0..K-1, uint8, or uint16 beyond 256 classes; a
 milesial checkpoint's mask_values are used as pixel values when present), NAME_probs.npy
@@ -78,6 +84,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_probability, metavar="P",
                    help="binary models (1 or 2 classes): foreground where its probability "
                         "> P (default: 0.5 for 1 class, argmax for 2)")
+    p.add_argument("--max-pixels", type=_non_negative, metavar="N",
+                   help="refuse images with more than N pixels before decoding them, a guard "
+                        "against decompression bombs; 0: no limit (default: Pillow's limit, "
+                        "178956970, for every format)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show progress bars (default: only on a terminal)")
@@ -93,6 +103,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return n
 
 
@@ -329,37 +349,110 @@ def run(args: argparse.Namespace) -> int:
                        f"{cfg.num_classes}, its mask is the argmax")
     if args.tile_size is not None:
         check_tile_size(args.tile_size, cfg)
-    images = check_inputs(files, cfg.in_channels)
+    limit = _pixel_limit(args)
+    images = check_inputs(files, cfg.in_channels, limit)
     try:
         model = model.to(device=device, dtype=DTYPES[args.dtype])
     except RuntimeError as e:
         raise CliError(f"cannot move the model to {device} ({_first_line(e)})") from e
     show = sys.stderr.isatty() if args.progress is None else args.progress
     mask_values = getattr(model, "mask_values", None)
-    made = _make_folders(plan.folders)
-    try:
-        bar = tqdm(plan.targets, desc="images", unit="img", disable=not show, file=sys.stderr)
-        for src, dst in bar:
-            bar.set_postfix_str(src.name, refresh=False)
-            image = images.pop(src, None)
-            if image is None:
-                image = read_input(src, cfg.in_channels)
-            _segment_one(model, image, src, dst, args, device, show, mask_values)
-        bar.close()
-    except BaseException:
-        _remove_empty(made)  # the folders this run created, if it wrote nothing into them
-        raise
+    with _sigterm_interrupts():
+        made, marks = _claim_folders(plan)
+        try:
+            bar = tqdm(plan.targets, desc="images", unit="img", disable=not show,
+                       file=sys.stderr)
+            for src, dst in bar:
+                bar.set_postfix_str(src.name, refresh=False)
+                image = images.pop(src, None)
+                if image is None:
+                    image = read_input(src, cfg.in_channels, limit)
+                _segment_one(model, image, src, dst, args, device, show, mask_values)
+            bar.close()
+        except BaseException:
+            _unmark(marks)
+            # the folders this run created, if empty: none another run marked or wrote into
+            _remove_empty(made)
+            raise
+        _unmark(marks)
     return 0
 
 
-def read_input(src: Path, channels: int) -> torch.Tensor:
-    """The image at ``src`` as the model's input ``(C, H, W)``: readable, with ``channels``
-    channels (after dropping an alpha channel) and finite."""
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler) interrupts like Ctrl-C, so the clean-up runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _claim_folders(plan: Plan) -> tuple[list[Path], list[Path]]:
+    """Create the missing output folders, mark every output folder as used by this run (an
+    interrupted run removes only empty folders it made, and the mark keeps this one's from
+    being empty) and remove the temporary files that killed runs left there. Returns the
+    folders made and the marks."""
+    from unet_fast import _atomic
+
+    made = _make_folders(plan.folders)
+    marks: list[Path] = []
+    try:
+        for folder in sorted({dst.parent for _, dst in plan.targets}):
+            for _ in range(5):
+                try:
+                    marks.append(_atomic.mark_in_use(folder))
+                    break
+                except FileNotFoundError:
+                    # an interrupted run removed the empty folder it made: make it again
+                    made.extend(_make_folders(_check_writable(folder)))
+            else:
+                raise CliError(f"output folder {str(folder)!r} keeps disappearing")
+            _atomic.remove_stale(folder)
+    except OSError as e:
+        _unmark(marks)
+        _remove_empty(made)
+        raise CliError(f"cannot write into output folder: {e.strerror or e}") from e
+    except BaseException:
+        _unmark(marks)
+        _remove_empty(made)
+        raise
+    return made, marks
+
+
+def _unmark(marks: list[Path]) -> None:
+    from unet_fast import _atomic
+
+    for mark in marks:
+        _atomic.unmark(mark)
+    marks.clear()
+
+
+def _pixel_limit(args: argparse.Namespace) -> int | None:
+    from unet_fast import image_io
+
+    n = getattr(args, "max_pixels", None)
+    return image_io.MAX_PIXELS if n is None else (n or None)
+
+
+def read_input(src: Path, channels: int, max_pixels: int | None) -> torch.Tensor:
+    """The image at ``src`` as the model's input ``(C, H, W)``: readable, within ``max_pixels``
+    (None: no limit), with ``channels`` channels (after dropping an alpha channel) and finite."""
     from unet_fast import image_io
 
     try:
-        image = image_io.read_image(src)
+        image = image_io.read_image(src, max_pixels=max_pixels)
         image = image_io.match_channels(image, channels, f"image {str(src)!r}")
+    except image_io.TooManyPixelsError as e:
+        raise CliError(f"{e.describe()}; if you mean it, give --max-pixels N (0: no "
+                       "limit)") from e
     except image_io.ImageError as e:
         raise CliError(str(e)) from e
     if image.is_floating_point() and not torch.isfinite(image).all():
@@ -368,13 +461,14 @@ def read_input(src: Path, channels: int) -> torch.Tensor:
     return image
 
 
-def check_inputs(files: list[Path], channels: int) -> dict[Path, torch.Tensor]:
+def check_inputs(files: list[Path], channels: int,
+                 max_pixels: int | None) -> dict[Path, torch.Tensor]:
     """Read every input once before anything is written, so one bad file fails the command
     without results for the others; returns the images that fit in :data:`KEEP_BYTES`."""
     kept: dict[Path, torch.Tensor] = {}
     total = 0
     for src in files:
-        image = read_input(src, channels)
+        image = read_input(src, channels, max_pixels)
         nbytes = image.numel() * image.element_size()
         if total + nbytes <= KEEP_BYTES:
             kept[src] = image

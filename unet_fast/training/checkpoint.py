@@ -31,6 +31,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not ckpt_format.is_unet_fast_checkpoint(obj) or not isinstance(obj.get("config"), dict):
         raise ckpt_format.CheckpointError(f"checkpoint {str(path)!r} is not a unet_fast "
                                           "checkpoint")
+    # the config and weights get the checks unet_fast.load makes (sizes, dtypes, shapes)
+    ckpt_format.from_checkpoint_dict(obj, path)
     return obj
 
 
