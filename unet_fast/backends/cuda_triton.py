@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,10 +63,14 @@ class PackedTritonUNet:
     head_bias: torch.Tensor
 
 
-@cache
+# Looked up once at import (without importing Triton): a plain value, which Dynamo reads without
+# tracing into a cached function.
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
     """Whether Triton is installed (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND
 
 
 def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNet:
