@@ -18,10 +18,12 @@
 * To put the Triton ops into an exported program (AOTInductor on CUDA), export inside
   :func:`kernels_in_export`.
 
-The NaN/Inf input check (``UNet.check_finite``) becomes ``torch._assert_async`` in a traced graph:
-the compiled or exported program still refuses a non-finite input (with a RuntimeError instead of
-eager's ValueError). ONNX has no assert operator and ``torch.jit.trace`` drops ops whose result is
-unused, so ONNX models and TorchScript traces do not check: clean inputs before them.
+The NaN/Inf input check (``UNet.check_finite``) becomes ``torch._assert_async`` in a traced graph
+of CPU tensors: the compiled or exported program still refuses a non-finite input (with a
+RuntimeError instead of eager's ValueError). On CUDA tensors a traced graph does not check: the
+assert would be a device-side assert, after which the process's CUDA context is unusable. ONNX
+has no assert operator and ``torch.jit.trace`` drops ops whose result is unused, so ONNX models
+and TorchScript traces do not check either: clean inputs before them.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def check_input(x: object, config: UNetConfig, param: torch.Tensor | None,
             )
     for axis, n in (("height", x.shape[2]), ("width", x.shape[3])):
         check_input_size(n, config.depth, config.padding, axis=axis)
-    if check_finite and x.device.type != "meta" and x.numel() and not _capturing(x):
+    if check_finite and x.device.type != "meta" and x.numel():
         _check_finite(x)
 
 
@@ -63,8 +63,11 @@ def _check_finite(x: torch.Tensor) -> None:
     if torch.compiler.is_compiling():
         # A traced graph cannot branch on data; the assert stays in the compiled or exported
         # program and raises RuntimeError there (it reads the input once, like the eager check).
-        torch._assert_async(torch.isfinite(x).all(), _NOT_FINITE)
-    elif not torch.isfinite(x).all():
+        # On a GPU it would be a device-side assert, which leaves the process's CUDA context
+        # unusable: a compiled GPU program does not check.
+        if not x.is_cuda:
+            torch._assert_async(torch.isfinite(x).all(), _NOT_FINITE)
+    elif not _capturing(x) and not torch.isfinite(x).all():
         raise ValueError(_NOT_FINITE)
 
 
