@@ -86,6 +86,18 @@ def test_onnx_default_exporter_runs_in_onnx_runtime(tmp_path, i):
     assert rel_l2(torch.from_numpy(y), expected) <= 1e-5
 
 
+def test_legacy_onnx_exporter_still_works(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    fast, x, expected = _case(1)
+    path = tmp_path / "legacy.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(fast, (x,), str(path), dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert rel_l2(torch.from_numpy(y), expected) <= 1e-5
+
+
 def test_jit_trace_matches_the_reference():
     fast, x, expected = _case(1)
     with warnings.catch_warnings():
