@@ -65,11 +65,31 @@ def test_export_of_train_mode_batchnorm_keeps_batch_statistics():
     assert any("batch_norm" in t for t in _aten_targets(ep.graph_module))
 
 
-def test_export_with_a_dynamic_batch():
-    fast, x, expected = _case(0)
-    ep = torch.export.export(fast, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    y = ep.module()(torch.cat([x, x]))
-    assert rel_l2(y, torch.cat([expected, expected])) <= 1e-5
+def _dynamic_shapes() -> dict:
+    """Any batch and any valid size: at depth 2 a valid-padding input is 4k pixels (k >= 11)."""
+    Dim = torch.export.Dim
+    kh, kw = Dim("kh", min=11, max=1024), Dim("kw", min=11, max=1024)
+    return {"x": {0: Dim("batch", min=1, max=64), 2: 4 * kh, 3: 4 * kw}}
+
+
+def test_export_and_onnx_with_dynamic_batch_and_size(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    fast, x, _ = _case(0)
+    ref, _ = make_pair(**CONFIGS[0])
+    ref.load_state_dict(fast.state_dict())
+    other = torch.randn(3, 1, 60, 52)
+    with torch.no_grad():
+        expected = ref(other.double())
+    ep = torch.export.export(fast, (x,), dynamic_shapes=_dynamic_shapes())
+    assert rel_l2(ep.module()(other), expected) <= 1e-5
+    path = tmp_path / "dynamic.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(fast, (x,), str(path), dynamic_shapes=_dynamic_shapes())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {session.get_inputs()[0].name: other.numpy()})
+    assert rel_l2(torch.from_numpy(y), expected) <= 1e-5
 
 
 @pytest.mark.parametrize("i", range(len(CONFIGS)))
