@@ -108,6 +108,7 @@ def test_onnx_default_exporter_runs_in_onnx_runtime(tmp_path, i):
 
 def test_legacy_onnx_exporter_still_works(tmp_path):
     ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     fast, x, expected = _case(1)
     path = tmp_path / "legacy.onnx"
     with warnings.catch_warnings():
