@@ -1,7 +1,9 @@
 """The project's benchmark: ``python benchmarks/run.py [--quick] [--help]``.
 
 A thin wrapper over :mod:`unet_fast.benchmark` (also ``unet-fast bench``); results go to
-``benchmarks/results/<device>.json`` and ``.png`` beside this file unless --out-dir says otherwise.
+``benchmarks/results/<device>-local.json`` and ``.png`` beside this file (``-quick`` with --quick);
+``--publish`` replaces the committed ``<device>.json``; ``--out-dir`` writes ``<device>.json``
+elsewhere.
 """
 
 import sys

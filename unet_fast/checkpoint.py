@@ -165,8 +165,12 @@ def _unpickler_detail(e: BaseException) -> str:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first sentence of ``e``'s message (torch's run to several), never cut mid-word."""
     text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    first = re.split(r"(?<=[^.\s]{2})\.\s", text.splitlines()[0], maxsplit=1)[0].rstrip(".")
+    return first if len(first) <= 200 else first[:200].rsplit(" ", 1)[0] + " ..."
 
 
 def is_unet_fast_checkpoint(obj: Any) -> bool:

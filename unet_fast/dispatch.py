@@ -4,7 +4,8 @@ A backend serves one device type for inference. :func:`select_backend` picks the
 whenever autograd is recording or train-mode layers (BatchNorm batch statistics, active dropout)
 would change the result; otherwise the first registered backend for the input's device that
 ``supports`` the call. New kernels plug in with :func:`register_backend`, without touching the
-model code.
+model code. A traced forward (export, ONNX, ``torch.jit.trace``, ``torch.compile``) is decided by
+:func:`traced_backend`; see :mod:`unet_fast.tracing` for what each tracer gets.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from . import tracing
+from .backends.portable import PORTABLE
 from .packing import uses_train_mode_layers
 
 if TYPE_CHECKING:
@@ -23,6 +26,9 @@ class Backend(Protocol):
     """An inference implementation of the U-Net forward for one device type."""
 
     name: str
+    #: Whether ``forward`` can be traced by Dynamo/``torch.export`` (custom ops with fake
+    #: kernels, no eager-only caches); optional, False when absent.
+    traceable: bool
 
     def supports(self, model: UNet, x: torch.Tensor) -> bool:
         """Whether this backend can run ``model(x)`` exactly (dtype, shapes, availability)."""
@@ -79,9 +85,28 @@ def needs_reference(model: UNet, x: torch.Tensor) -> bool:
 
 def select_backend(model: UNet, x: torch.Tensor) -> Backend:
     """The backend that :meth:`unet_fast.UNet.forward` uses for ``x``."""
+    if tracing.is_tracing():
+        return traced_backend(model, x)
     if needs_reference(model, x):
         return REFERENCE
     for backend in _REGISTRY.get(x.device.type, []):
         if backend.supports(model, x):
             return backend
     return REFERENCE
+
+
+def traced_backend(model: UNet, x: torch.Tensor) -> Backend:
+    """The backend a tracer records: the reference ops where train-mode layers (or, under
+    ``torch.compile``, autograd) need them; a traceable backend of the device under
+    ``torch.compile`` (and in exports inside :func:`unet_fast.tracing.kernels_in_export`);
+    otherwise the portable graph."""
+    if uses_train_mode_layers(model):
+        return REFERENCE
+    exporting = tracing.is_exporting()
+    if not exporting and needs_reference(model, x):
+        return REFERENCE
+    if not exporting or tracing.kernels_wanted():
+        for backend in _REGISTRY.get(x.device.type, []):
+            if getattr(backend, "traceable", False) and backend.supports(model, x):
+                return backend
+    return PORTABLE

@@ -27,7 +27,12 @@ class UNet(reference.UNet):
     * ``check_finite`` (default True): an input with NaN/Inf raises a ValueError instead of
       silently spreading NaN over the receptive field of every bad pixel (the fused kernels
       need not propagate NaN the way the reference does). Set it to False to skip the extra read
-      of the input.
+      of the input. Compiled and exported CPU programs keep it as ``torch._assert_async``
+      (RuntimeError); ONNX models, ``torch.jit.trace`` and compiled GPU programs do not check
+      (:mod:`unet_fast.tracing`).
+    * Under ``torch.export``/``torch.onnx.export``/``torch.jit.trace`` it records the portable
+      ATen graph (eval-mode BatchNorm folded), not the eager backends' prepacked weights; under
+      ``torch.compile`` the device's traceable backend (see :mod:`unet_fast.tracing`).
     * An empty batch returns an empty output of the right shape without launching anything.
     """
 

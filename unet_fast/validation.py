@@ -48,12 +48,27 @@ def check_input(x: object, config: UNetConfig, param: torch.Tensor | None,
             )
     for axis, n in (("height", x.shape[2]), ("width", x.shape[3])):
         check_input_size(n, config.depth, config.padding, axis=axis)
-    if check_finite and x.device.type != "meta" and x.numel() and not _capturing(x) \
-            and not torch.isfinite(x).all():
-        raise ValueError(
-            "input contains NaN or Inf values; clean it (e.g. torch.nan_to_num) or set "
-            "model.check_finite = False to let them propagate"
-        )
+    if check_finite and x.device.type != "meta" and x.numel():
+        _check_finite(x)
+
+
+_NOT_FINITE = ("input contains NaN or Inf values; clean it (e.g. torch.nan_to_num) or set "
+               "model.check_finite = False to let them propagate")
+
+
+def _check_finite(x: torch.Tensor) -> None:
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        # ONNX has no assert operator, and TorchScript's tracer drops ops whose result is unused
+        return
+    if torch.compiler.is_compiling():
+        # A traced graph cannot branch on data; the assert stays in the compiled or exported
+        # program and raises RuntimeError there (it reads the input once, like the eager check).
+        # On a GPU it would be a device-side assert, which leaves the process's CUDA context
+        # unusable: a compiled GPU program does not check.
+        if not x.is_cuda:
+            torch._assert_async(torch.isfinite(x).all(), _NOT_FINITE)
+    elif not _capturing(x) and not torch.isfinite(x).all():
+        raise ValueError(_NOT_FINITE)
 
 
 def _capturing(x: torch.Tensor) -> bool:

@@ -3,12 +3,15 @@
 Measured on the project's 2-core CI machine (see benchmarks/results), this beats the eager NCHW
 reference by packing every 3x3 weight once into oneDNN's blocked layout (eager reorders it on every
 call), fusing bias + ReLU into the convolution, and keeping activations channels_last so no layer
-converts layouts. It computes in float32 or bfloat16 (the model's dtype, or autocast's); other
-dtypes fall back to the reference ops.
+converts layouts. It computes in float32 or bfloat16 (the model's dtype, or autocast's). float16
+is computed in float32 and rounded to float16 once at the end: PyTorch's CPU convolutions have no
+fast float16 kernel (its own fp16 path is ~40x slower than fp32), and fp32 compute is at least as
+accurate as fp16 compute; a one-time warning says so. Other dtypes fall back to the reference ops.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from ..model import UNet
 
 _CL = torch.channels_last
+_FP16_WARNED = False
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,18 @@ class CpuOneDNNBackend:
         return (
             torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled
-            and dtype in (torch.float32, torch.bfloat16)
+            and dtype in (torch.float32, torch.bfloat16, torch.float16)
             and (dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported())
         )
 
     def forward(self, model: UNet, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x, model.head.weight.dtype)
+        if dtype == torch.float16:
+            _warn_fp16_once()
+            return self._forward(model, x, torch.float32).to(torch.float16)
+        return self._forward(model, x, dtype)
+
+    def _forward(self, model: UNet, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         packed: PackedUNet = model.weight_cache.get(model, ("cpu", dtype), lambda: pack(model, dtype))
         same = model.config.padding == "same"
         x = x.to(dtype).contiguous(memory_format=_CL)
@@ -139,3 +149,14 @@ class CpuOneDNNBackend:
             x = _conv(_conv(x, c1, True), c2, True)
         # NCHW out, like the reference, so callers see no difference in layout
         return _conv(x, packed.head, False).contiguous()
+
+
+def _warn_fp16_once() -> None:
+    global _FP16_WARNED
+    if not _FP16_WARNED:
+        _FP16_WARNED = True
+        warnings.warn(
+            "unet_fast: float16 on the CPU is computed in float32 (oneDNN has no fast float16 "
+            "convolution here; PyTorch's own is ~40x slower) and rounded to float16 at the end: "
+            "at least as accurate as float16 compute. Use float32 or bfloat16 to silence this.",
+            UserWarning, stacklevel=4)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from .. import tracing
 from ..dispatch import compute_dtype
 from ..packing import FoldedConv, fold_conv
 from ..weight_checks import check_weights
@@ -64,10 +64,14 @@ class PackedTritonUNet:
     head_bias: torch.Tensor
 
 
-@cache
+# Looked up once at import (without importing Triton): a plain value, which Dynamo reads without
+# tracing into a cached function.
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
     """Whether Triton is installed (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND
 
 
 def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNet:
@@ -131,6 +135,9 @@ class CudaTritonBackend:
     """
 
     name = "cuda-triton"
+    # Every op has a fake kernel (torch.library.triton_op); under a tracer the weights are packed
+    # inside the graph and no CUDA graph is captured (see unet_fast.tracing).
+    traceable = True
 
     def __init__(self, fuse_pool: bool = True, cuda_graphs: bool = False,
                  max_graphs: int = 4) -> None:
@@ -152,6 +159,9 @@ class CudaTritonBackend:
         dtype = compute_dtype(x, model.head.weight.dtype)
         tf32 = allow_tf32_for(dtype)
         x = x.to(dtype).contiguous(memory_format=_CL)
+        if tracing.is_tracing():
+            # the weight cache keys on storage pointers, which traced (fake) tensors lack
+            return self._run(pack(model, dtype, tf32), x, tf32)
         if self.cuda_graphs and x.is_cuda:
             return self._replay(model, x, dtype, tf32)
         return self._run(self._packed(model, x, dtype, tf32), x, tf32)

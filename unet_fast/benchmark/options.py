@@ -34,7 +34,7 @@ class BenchOptions:
     compile_timeout: float = 300.0
     deadline: float | None = None  # seconds after the start: no row starts later
     out_dir: str = "benchmarks/results"
-    tag: str | None = None
+    tag: str | None = None  # file name suffix: <device>-<tag>.json; None: the reference name
     plot: bool = True
     seed: int = 0
     threads: int | None = None  # torch.set_num_threads for the run; None: leave as is
@@ -60,7 +60,9 @@ def _str_list(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser, default_out_dir: str = "benchmarks/results") -> None:
-    """Add the benchmark's options to ``p``."""
+    """Add the benchmark's options to ``p``; results go under ``default_out_dir`` unless
+    ``--out-dir`` names another folder."""
+    p.set_defaults(default_out_dir=default_out_dir)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run (default: cuda when available, else cpu)")
     p.add_argument("--model", type=_str_list, default=None, dest="models",
@@ -102,9 +104,16 @@ def add_arguments(p: argparse.ArgumentParser, default_out_dir: str = "benchmarks
                         "the rest are recorded as skipped and the results written (for device "
                         "calls that are killed at a time limit; leave room for the row running "
                         "then and for start-up)")
-    p.add_argument("--out-dir", default=default_out_dir,
-                   help=f"where the JSON and PNG go (default {default_out_dir})")
-    p.add_argument("--tag", default=None, help="suffix for the result file names")
+    p.add_argument("--out-dir", default=None,
+                   help=f"where the JSON and PNG go, as <device>.json/.png (default "
+                        f"{default_out_dir}, as <device>-local.json so that the committed "
+                        f"reference result is not replaced)")
+    p.add_argument("--publish", action="store_true",
+                   help="write the device's reference result <device>.json/.png in the default "
+                        "folder (the committed numbers; full runs only)")
+    p.add_argument("--tag", default=None,
+                   help="suffix for the result file names (default: 'local', 'quick' with "
+                        "--quick, none with --publish or --out-dir)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     p.add_argument("--threads", type=int, default=None,
@@ -142,6 +151,19 @@ def resolve_options(args: argparse.Namespace) -> BenchOptions:
     if args.warmup is not None and args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     quick = args.quick
+    publish = getattr(args, "publish", False)
+    if publish and quick:
+        raise ValueError("--publish writes the committed reference result and needs a full run; "
+                         "drop --quick (or --publish)")
+    out_dir = args.out_dir or getattr(args, "default_out_dir", None) or "benchmarks/results"
+    if args.tag is not None:
+        tag = args.tag
+    elif quick:
+        tag = "quick"  # a smoke run never overwrites a full result of the same device
+    elif publish or args.out_dir:
+        tag = None
+    else:
+        tag = "local"  # the committed <device>.json is replaced only when asked
     if args.image_sizes is not None:
         image_sizes = args.image_sizes
     else:
@@ -171,9 +193,8 @@ def resolve_options(args: argparse.Namespace) -> BenchOptions:
         warmup=args.warmup if args.warmup is not None else (1 if quick else None),
         compile_timeout=timeout,
         deadline=args.deadline,
-        out_dir=args.out_dir,
-        # a smoke run must not overwrite the committed full result of the same device
-        tag=args.tag if args.tag is not None else ("quick" if quick else None),
+        out_dir=out_dir,
+        tag=tag,
         plot=not args.no_plot,
         seed=args.seed,
         threads=args.threads,

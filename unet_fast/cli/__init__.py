@@ -23,10 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unet-fast",
         description="Fast, seamless U-Net segmentation (unet_fast).",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
+
+
+def _version() -> str:
+    import torch
+
+    from .. import __version__
+
+    return f"unet-fast {__version__} (torch {torch.__version__})"
 
 
 class _Held(logging.Handler):

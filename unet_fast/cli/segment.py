@@ -368,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
                 if image is None:
                     image = read_input(src, cfg.in_channels, limit)
                 _segment_one(model, image, src, dst, args, device, show, mask_values)
+                tqdm.write(f"wrote {dst}", file=sys.stdout)  # one line per output, above any bar
             bar.close()
         except BaseException:
             _unmark(marks)
