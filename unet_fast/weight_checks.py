@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .tracing import is_tracing
+
 
 def weight_problem(model: nn.Module, tensors: Mapping[str, torch.Tensor] | None = None,
                    display: Callable[[str], str] = str) -> str | None:
@@ -51,7 +53,14 @@ def weight_problem(model: nn.Module, tensors: Mapping[str, torch.Tensor] | None 
 
 
 def check_weights(model: nn.Module) -> None:
-    """Raise a ValueError naming the first NaN/Inf weight or negative BatchNorm variance."""
+    """Raise a ValueError naming the first NaN/Inf weight or negative BatchNorm variance.
+
+    Skipped while a forward is traced (``torch.compile`` packs the Triton backend's weights inside
+    the graph, where a data-dependent branch cannot be recorded); checkpoint loading and every
+    eager pack still check.
+    """
+    if is_tracing():
+        return
     problem = weight_problem(model)
     if problem is not None:
         raise ValueError(problem)
