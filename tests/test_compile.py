@@ -115,3 +115,19 @@ def test_triton_ops_trace_under_dynamo_and_export(monkeypatch):
     with torch.no_grad():
         ep = torch.export.export(fast, (x,))
     assert not any("unet_fast" in str(n.target) for n in ep.graph.nodes)
+
+
+@pytest.mark.gpu
+def test_inductor_and_aoti_with_the_triton_ops_on_cuda(tmp_path):
+    """On a GPU: Inductor compiles the Triton ops into the graph, and an AOTInductor package
+    exported inside kernels_in_export runs them; both match the float64 reference."""
+    fast, x, expected = _pair()
+    fast, x = fast.cuda(), x.cuda()
+    with torch.no_grad():
+        y = torch.compile(fast, fullgraph=True)(x)
+    assert rel_l2(y.cpu(), expected) <= 1e-5
+    with unet_fast.tracing.kernels_in_export(), torch.no_grad():
+        ep = torch.export.export(fast, (x,))
+    assert any("unet_fast" in str(n.target) for n in ep.graph.nodes)
+    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "k.pt2"))
+    assert rel_l2(torch._inductor.aoti_load_package(path)(x).cpu(), expected) <= 1e-5
