@@ -23,13 +23,16 @@ Optional epilogues:
 
 from __future__ import annotations
 
-import os
+import contextlib
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from unet_fast import launch_hints
+
+from . import tuning
 from ._common import (
     INTERPRET,
     dot_precision,
@@ -301,7 +304,9 @@ def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> l
     return [own[_key(c)] for c in wanted if _key(c) in own]
 
 
-AUTOTUNE = not INTERPRET and os.environ.get("UNET_FAST_AUTOTUNE", "1") != "0"
+# Triton's autotuner over every candidate; :mod:`.tuning` decides when it runs (only when tuning
+# is asked for and the launch key has no recorded tile), the launcher otherwise launches
+# conv3x3_kernel with one explicit tile.
 conv3x3_kernel_autotuned = triton.autotune(
     configs=_ALL_CONFIGS,
     key=["C1", "C2", "C_out", "H_out", "W_out", "BATCH_BUCKET", "PAD", "HAS_X2", "POOL", "HEAD",
@@ -311,14 +316,9 @@ conv3x3_kernel_autotuned = triton.autotune(
 
 
 def batch_bucket(n: int) -> int:
-    """The batch size as the tuning cache sees it: the next power of two, at most 32."""
-    return min(next_pow2(n), 32)
-
-
-def default_kernel():
-    """The kernel the launcher runs by default: autotuned on a GPU over :func:`gpu_configs`,
-    plain under the interpreter (or with ``UNET_FAST_AUTOTUNE=0``: the first GPU config)."""
-    return conv3x3_kernel_autotuned if AUTOTUNE else conv3x3_kernel
+    """The batch size as the tile choice sees it: the next power of two, at most 32, taken of the
+    full batch inside :func:`unet_fast.launch_hints.full_batch` (segment()'s last batch)."""
+    return launch_hints.batch_bucket(n)
 
 
 def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -355,31 +355,43 @@ def conv3x3_launch(
     head_bias: torch.Tensor | None = None,
     allow_tf32: bool = False,
     kernel=None,
+    wrap=None,
 ) -> None:
     """Launch :func:`conv3x3_kernel`; every tensor is logical NCHW with any strides.
 
     ``weight`` is packed (:func:`pack_conv3x3_weight`) for ``C(x) + C(x2)`` input channels.
     ``in_hw`` is the size of the (virtual) joined input; ``offsets`` the per-source offsets from
     :func:`join_offsets`. ``out`` receives the conv output, or the logits when ``head_weight`` is
-    given. ``kernel`` lets :mod:`unet_fast.ops.fused` pass the kernel through ``wrap_triton``.
+    given. The tile comes from :func:`.tuning.choose`; ``wrap`` receives the kernel before it is
+    launched (``wrap_triton`` in :mod:`unet_fast.ops.fused`, a compile-only stand-in in the
+    compile report); ``kernel`` replaces it outright (tests).
     """
     if out.numel() == 0:
         return
-    kernel = default_kernel() if kernel is None else kernel
     n, c1 = x.shape[:2]
     in_h, in_w = in_hw if in_hw is not None else x.shape[2:]
     h_out, w_out = conv_output_size(in_h, padding), conv_output_size(in_w, padding)
     c2 = x2.shape[1] if x2 is not None else 0
     c_out = weight.shape[1]
     head = head_weight is not None
+    precision = dot_precision(x.dtype, allow_tf32)
+    bucket = batch_bucket(n)
+    tune = None
     if INTERPRET:
         block_n = max(16, next_pow2(c_out)) if head else min(32, max(16, next_pow2(c_out)))
         meta = {**_INTERPRET_CONFIG, "BLOCK_N": block_n}
-    elif not AUTOTUNE:
-        cfg = gpu_configs(x.dtype, allow_tf32, c_out, head)[0]
-        meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        chosen = conv3x3_kernel
     else:
-        meta = {}  # the autotuner's configuration, BLOCK_N included
+        key = tuning.ConvKey(c1, c2, c_out, h_out, w_out, bucket, padding, pooled is not None,
+                             head, precision, str(x.dtype).removeprefix("torch."))
+        choice = tuning.choose(key, x.dtype, allow_tf32, x.device)
+        if choice.config is None:  # tune: the autotuner's configuration, BLOCK_N included
+            meta, chosen = {}, conv3x3_kernel_autotuned
+            tune = tuning.tuning(key, x.device, conv3x3_kernel_autotuned)
+        else:
+            meta, chosen = tuning.config_meta(choice.config), conv3x3_kernel
+    if kernel is None:
+        kernel = chosen if wrap is None else wrap(chosen)
 
     def grid(m):
         m = {**m, **meta}
@@ -390,20 +402,19 @@ def conv3x3_launch(
     src2 = x2 if x2 is not None else x
     p = pooled if pooled is not None else out
     num_classes = head_weight.shape[1] if head else 1
-    kernel[grid](
-        x, *_nhwc_strides(x), c1, x.shape[2], x.shape[3], oy1, ox1,
-        src2, *_nhwc_strides(src2), c2, src2.shape[2], src2.shape[3], oy2, ox2,
-        weight, bias if bias is not None else weight, c_out,
-        out, *_nhwc_strides(out), h_out, w_out,
-        p, *_nhwc_strides(p),
-        head_weight if head else weight, head_bias if head_bias is not None else weight,
-        num_classes, BATCH_BUCKET=batch_bucket(n),
-        PAD=padding, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, RELU=relu,
-        POOL=pooled is not None, HEAD=head,
-        PRECISION=dot_precision(x.dtype, allow_tf32), UPCAST=interpreter_upcast(x.dtype),
-        BLOCK_CLS=max(16, next_pow2(num_classes)), FLAT_K=flat_k(c1, x2 is not None),
-        **meta,
-    )
+    with tune if tune is not None else contextlib.nullcontext():
+        kernel[grid](
+            x, *_nhwc_strides(x), c1, x.shape[2], x.shape[3], oy1, ox1,
+            src2, *_nhwc_strides(src2), c2, src2.shape[2], src2.shape[3], oy2, ox2,
+            weight, bias if bias is not None else weight, c_out,
+            out, *_nhwc_strides(out), h_out, w_out,
+            p, *_nhwc_strides(p),
+            head_weight if head else weight, head_bias if head_bias is not None else weight,
+            num_classes, BATCH_BUCKET=bucket,
+            PAD=padding, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, RELU=relu,
+            POOL=pooled is not None, HEAD=head, PRECISION=precision,
+            UPCAST=interpreter_upcast(x.dtype), BLOCK_CLS=max(16, next_pow2(num_classes)),
+            FLAT_K=flat_k(c1, x2 is not None), **meta)
 
 
 def conv3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

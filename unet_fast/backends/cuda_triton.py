@@ -130,12 +130,18 @@ class CudaTritonBackend:
             (:mod:`.self_check`); on a failure or an exception warn once and serve that key with
             the stock path (:mod:`.stock`: cuDNN, BatchNorm folded, the same ``cuda_graphs``)
             from then on. None (default): on CUDA inputs unless ``UNET_FAST_SELF_CHECK=0``.
+        autotune: tune the 3x3 convolutions' tiles for launch shapes that have no recorded
+            tuning (True), never tune (False), or follow ``UNET_FAST_AUTOTUNE`` (None, default:
+            off). Untuned launches use a shape-aware default tile
+            (:mod:`unet_fast.triton_kernels.tuning`), so a first call compiles one kernel per
+            layer shape and times nothing.
     """
 
     name = "cuda-triton"
 
     def __init__(self, fuse_pool: bool = True, cuda_graphs: bool = False,
-                 max_graphs: int = 4, self_check: bool | None = None) -> None:
+                 max_graphs: int = 4, self_check: bool | None = None,
+                 autotune: bool | None = None) -> None:
         from .stock import StockBackend
 
         if max_graphs < 1:
@@ -144,6 +150,7 @@ class CudaTritonBackend:
         self.cuda_graphs = cuda_graphs
         self.max_graphs = max_graphs
         self.self_check = self_check
+        self.autotune = autotune
         self.fallback = StockBackend(cuda_graphs=cuda_graphs, max_graphs=max_graphs)
         # self-check outcome per key (see _check_key): True = the kernels serve it
         self.verdicts: dict[tuple, bool] = {}
@@ -157,6 +164,14 @@ class CudaTritonBackend:
         )
 
     def forward(self, model: UNet, x: torch.Tensor) -> torch.Tensor:
+        from ..launch_hints import autotune
+
+        if self.autotune is None:
+            return self._forward(model, x)
+        with autotune(self.autotune):
+            return self._forward(model, x)
+
+    def _forward(self, model: UNet, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x, model.head.weight.dtype)
         tf32 = allow_tf32_for(dtype)
         x = x.to(dtype).contiguous(memory_format=_CL)
@@ -186,10 +201,12 @@ class CudaTritonBackend:
         return (x.device, dtype, tf32, self.fuse_pool, model.config)
 
     def _first_check(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool) -> bool:
+        from ..launch_hints import autotune
         from .self_check import run_check
 
         def kernels(t: torch.Tensor) -> torch.Tensor:
-            return self._run(self._packed(model, t, dtype, tf32), t, tf32)
+            with autotune(False):  # the check's small shapes are not worth tuning time
+                return self._run(self._packed(model, t, dtype, tf32), t, tf32)
 
         try:
             verdict = run_check(model, x.device, dtype, kernels)
