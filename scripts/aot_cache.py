@@ -166,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("archive", type=Path)
     c.add_argument("--workloads", default=DEFAULT)
     c.add_argument("--json", type=Path, help="write the missing kernels here")
+    m = sub.add_parser("add-modules", help="add the launcher stubs of the workloads (built by "
+                       "--target-python's Triton) to an archive")
+    m.add_argument("archive", type=Path)
+    m.add_argument("--target-python", required=True)
+    m.add_argument("--workloads", default=DEFAULT)
     i = sub.add_parser("install", help="unpack an archive into Triton's cache, keyed for here")
     i.add_argument("archive", type=Path)
     i.add_argument("cache_dir", type=Path)
@@ -187,15 +192,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scripts/aot_cache.py: error: unknown workload(s) {unknown}; valid: "
               f"{', '.join(WORKLOADS)}", file=sys.stderr)
         return 2
+    if args.cmd == "add-modules":
+        import tarfile
+
+        doc = aot_cache.read_manifest(args.archive)
+        launchers: dict[str, str] = {}
+        with aot_cache.dry_run(doc["triton_key"], {}), aot_cache.collect_launchers(launchers):
+            launch_all(names)
+        with tempfile.TemporaryDirectory() as cache:
+            with tarfile.open(args.archive) as tar:
+                tar.extractall(cache, filter="data")
+            modules = aot_cache.build_modules(launchers, args.target_python, Path(cache))
+            modules = sorted(set(doc.get("modules", [])) | set(modules))
+            size = aot_cache.write_archive(Path(cache), doc["entries"], doc["triton_key"],
+                                           args.archive, modules)
+        print(f"aot cache: {len(launchers)} launcher sources, {len(modules)} modules in "
+              f"{args.archive} ({size / 2**20:.1f} MiB)")
+        return 0
     if args.cmd == "check":
         doc = aot_cache.read_manifest(args.archive)
         seen: dict[str, dict] = {}
+        launchers: dict[str, str] = {}
         # every launch keyed as the build keyed it (same triton_key, this machine's ptxas)
-        with aot_cache.dry_run(doc["triton_key"], seen):
+        with aot_cache.dry_run(doc["triton_key"], seen), aot_cache.collect_launchers(launchers):
             launches = launch_all(names)
         missing = [part for h, part in seen.items() if h not in doc["entries"]]
         print(f"aot cache check: {launches} launches, {len(seen)} distinct kernels, "
-              f"{len(missing)} missing from {args.archive.name} ({len(doc['entries'])} entries)")
+              f"{len(missing)} missing from {args.archive.name} ({len(doc['entries'])} entries); "
+              f"{len(launchers)} launcher sources, {len(doc.get('modules', []))} modules archived")
         if args.json:
             args.json.write_text(json.dumps(missing, indent=1))
         return 1 if missing else 0
@@ -203,19 +227,24 @@ def main(argv: list[str] | None = None) -> int:
     tkey = (args.target_key_file.read_text().strip() if args.target_key_file
             else aot_cache.target_key(args.target_python))
     manifest: dict[str, dict] = {}
+    launchers: dict[str, str] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
         os.environ["TRITON_CACHE_DIR"] = cache
         from triton import knobs
 
         knobs.cache.dir = cache
-        with aot_cache.keyed_as(tkey, manifest):
+        with aot_cache.keyed_as(tkey, manifest), aot_cache.collect_launchers(launchers):
             launches = launch_all(names)
+        modules = []
+        if args.target_python:
+            modules = aot_cache.build_modules(launchers, args.target_python, Path(cache))
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        size = aot_cache.write_archive(Path(cache), manifest, tkey, args.out)
+        size = aot_cache.write_archive(Path(cache), manifest, tkey, args.out, modules)
     from triton._C.libtriton import get_cache_invalidating_env_vars
 
-    print(f"aot cache build: {launches} launches, {len(manifest)} kernels compiled in "
+    print(f"aot cache build: {launches} launches, {len(manifest)} kernels and {len(modules)} "
+          f"launcher/driver modules ({len(launchers)} launcher sources) compiled in "
           f"{time.perf_counter() - start:.0f} s, {args.out} {size / 2**20:.1f} MiB; keyed for "
           f"triton_key sha256 {aot_cache._sha(tkey)[:12]}, cache-invalidating environment "
           f"{get_cache_invalidating_env_vars() or 'none'}")

@@ -90,9 +90,6 @@ setup() {
   if [ -f .cache/triton-cache.tar.gz ]; then
     tar xzf .cache/triton-cache.tar.gz -C "$TRITON_CACHE_DIR" && say "carried triton cache: $(entries) entries"
   fi
-  if [ -f .cache/aot-cache.tar.gz ]; then
-    python3 scripts/aot_cache.py install .cache/aot-cache.tar.gz "$TRITON_CACHE_DIR" 2>&1 | tee -a "$LOG"
-  fi
   if ! timeout -s INT 150 python3 -m pip install -v --no-build-isolation --no-deps --no-index -e . \
       > "$OUT/build.log.tmp" 2>&1; then
     tail -40 "$OUT/build.log.tmp" | tee -a "$LOG"
@@ -100,6 +97,10 @@ setup() {
   fi
   grep -m1 "unet_fast: building" "$OUT/build.log.tmp" | tee -a "$LOG"
   rm -f "$OUT/build.log.tmp"
+  if [ -f .cache/aot-cache.tar.gz ]; then
+    python3 scripts/aot_cache.py install .cache/aot-cache.tar.gz "$TRITON_CACHE_DIR" 2>&1 | tee -a "$LOG"
+    say "after the ahead-of-time archive: $(entries) cache entries"
+  fi
   say "setup done"
 }
 

@@ -30,6 +30,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -127,16 +128,103 @@ def dry_run(tkey: str, seen: dict[str, dict]) -> Iterator[None]:
 _KEEP = (".json", ".cubin")
 
 
-def write_archive(cache_dir: Path, manifest: dict[str, dict], tkey: str, out: Path) -> int:
+def _launcher_source(fn, src) -> str:
+    """The C source of the launcher stub Triton builds for ``src`` (as ``CudaLauncher`` makes it)."""
+    from triton.backends.nvidia.driver import make_launcher
+
+    constants = {(fn.arg_names.index(k),) if isinstance(k, str) else k: v
+                 for k, v in src.constants.items()}
+    return make_launcher(constants, dict(src.signature), None)
+
+
+@contextlib.contextmanager
+def collect_launchers(sources: dict[str, str]) -> Iterator[None]:
+    """Within the block, the launcher stub source of every kernel the JIT compiles (or would, in
+    a :func:`dry_run` opened inside this block) is added to ``sources`` (sha256 -> C source).
+
+    Triton builds one such stub per distinct source with the C compiler on first use, cached
+    under ``sha256(source + platform)``, independent of ``triton_key``.
+    """
+    from triton.backends.nvidia import driver
+    from triton.runtime.jit import JITFunction
+
+    if not hasattr(driver, "make_launcher"):  # Triton >= 3.7 builds no per-signature stub
+        yield
+        return
+    inner = JITFunction._do_compile
+
+    def do_compile(self, key, signature, device, constexprs, options, attrs, warmup):
+        text = _launcher_source(self, self.ASTSource(self, signature, constexprs, attrs))
+        sources[_sha(text)] = text
+        return inner(self, key, signature, device, constexprs, options, attrs, warmup)
+
+    JITFunction._do_compile = do_compile
+    try:
+        yield
+    finally:
+        JITFunction._do_compile = inner
+
+
+# Run by the device's Python (with the device's Triton): builds the launcher stubs and Triton's
+# driver utilities into TRITON_CACHE_DIR, linking a stand-in libcuda.so.1 (TRITON_LIBCUDA_PATH;
+# the real one is loaded on the GPU).
+_BUILD_MODULES = """
+import json, os, sys
+from pathlib import Path
+from triton.runtime.build import compile_module_from_src
+from triton.backends.nvidia import driver
+if not hasattr(driver, "make_launcher"):  # Triton >= 3.7: no per-signature C modules
+    sys.exit(0)
+sources = json.loads(Path(sys.argv[1]).read_text())
+sources.append(["cuda_utils", Path(driver.dirname, "driver.c").read_text()])
+for name, src in sources:
+    try:
+        compile_module_from_src(src=src, name=name, library_dirs=driver.library_dirs(),
+                                include_dirs=driver.include_dirs, libraries=driver.libraries)
+    except ImportError:
+        pass  # built and cached; it loads only where the real libcuda is
+print(len(sources))
+"""
+
+
+def build_modules(sources: dict[str, str], python: str, cache_dir: Path) -> list[str]:
+    """Build the launcher stubs ``sources`` (and Triton's CUDA utilities) with ``python``'s
+    Triton into ``cache_dir``; returns the new cache folders."""
+    before = {p.name for p in cache_dir.iterdir()}
+    with tempfile.TemporaryDirectory() as tmp:
+        stub = Path(tmp) / "stub.c"
+        stub.write_text("int unet_fast_libcuda_stand_in;\n")
+        subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o",
+                        str(Path(tmp) / "libcuda.so.1"), str(stub)], check=True)
+        # Ubuntu's linker drops a library none of whose symbols it resolved (--as-needed): the
+        # stand-in defines none, but the real libcuda must stay a dependency of each module
+        cc = Path(tmp) / "cc"
+        cc.write_text('#!/bin/sh\nexec gcc -Wl,--no-as-needed "$@"\n')
+        cc.chmod(0o755)
+        listing = Path(tmp) / "sources.json"
+        listing.write_text(json.dumps([["__triton_launcher", s] for s in sources.values()]))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
+        env.update(TRITON_CACHE_DIR=str(cache_dir), TRITON_LIBCUDA_PATH=tmp, CC=str(cc))
+        subprocess.run([python, "-c", _BUILD_MODULES, str(listing)], check=True, env=env,
+                       capture_output=True, text=True)
+    return sorted(p.name for p in cache_dir.iterdir() if p.name not in before)
+
+
+def write_archive(cache_dir: Path, manifest: dict[str, dict], tkey: str, out: Path,
+                  modules: list[str] | None = None) -> int:
     """Pack the entries of ``manifest`` found in ``cache_dir`` (metadata and cubin of each; the
     group files list only those) and the manifest into the ``.tar.gz`` ``out``; returns its size
     in bytes."""
     import triton
 
-    doc = {"triton_version": triton.__version__, "triton_key": tkey, "entries": manifest}
+    doc = {"triton_version": triton.__version__, "triton_key": tkey, "entries": manifest,
+           "modules": modules or []}
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(out, "w:gz") as tar:
         (Path(tmp) / MANIFEST).write_text(json.dumps(doc, indent=0, sort_keys=True))
         tar.add(Path(tmp) / MANIFEST, arcname=MANIFEST)
+        for name in modules or []:  # compiled C modules: keyed by their source, kept as they are
+            tar.add(cache_dir / name, arcname=name,
+                    filter=lambda info: None if info.name.endswith("/lock") else info)
         for h in sorted(manifest):
             entry = cache_dir / entry_dir(h)
             if not entry.is_dir():
@@ -166,7 +254,9 @@ def install(archive: Path, cache_dir: Path, tkey: str | None = None,
     """Unpack ``archive`` into Triton's cache ``cache_dir`` under the keys this machine's Triton
     computes (``tkey``, ``backend_hash``, ``env``: the local ones unless given).
 
-    Returns counts: ``entries``, ``same_key`` (filed under their built hash), ``rekeyed``.
+    Returns counts: ``entries``, ``same_key`` (filed under their built hash), ``rekeyed``,
+    ``modules`` (launcher stubs and driver utilities: keyed by their C source, copied as built;
+    one that does not load is rebuilt by Triton).
     Raises ValueError for an archive of another Triton version.
     """
     import triton
@@ -205,7 +295,13 @@ def install(archive: Path, cache_dir: Path, tkey: str | None = None,
                 grp.write_text(json.dumps(data))
             counts["entries"] += 1
             counts["same_key" if new == old else "rekeyed"] += 1
+        counts["modules"] = 0
+        for name in doc.get("modules", []):
+            if (Path(tmp) / name).is_dir() and not (cache_dir / name).exists():
+                shutil.copytree(Path(tmp) / name, cache_dir / name)
+                counts["modules"] += 1
     log(f"aot cache: {counts['entries']} kernels from {archive.name} (Triton "
         f"{doc['triton_version']}): {counts['same_key']} under their built keys, "
-        f"{counts['rekeyed']} rekeyed for this machine's Triton/ptxas/environment")
+        f"{counts['rekeyed']} rekeyed for this machine's Triton/ptxas/environment; "
+        f"{counts['modules']} launcher/driver modules")
     return counts
