@@ -163,4 +163,7 @@ case "$phase" in
     exit 2
     ;;
 esac
+# a kernel that failed its first-call self-check fell back to the stock path: say so loudly
+grep -h "failed their self-check" "$OUT"/*.log "$OUT"/layers.txt 2>/dev/null | sort -u | head -5 \
+  | sed 's/^/SELF-CHECK FAILED: /' | tee -a "$LOG"
 say "done"
