@@ -247,6 +247,9 @@ _TC_BIG_TILES = [((8, 16, 64, 8, 3), 256), ((8, 16, 32, 8, 4), 256), ((16, 16, 6
 # IEEE fp32 (FMA units): the tensor-core tiles leave each thread 64-128 fp32 accumulators plus
 # operands and spill (benchmarks/compile_report.py --dtypes fp32); these, with N <= 64, do not.
 _FMA_SHAPES = [(8, 8, 32, 4, 3), (8, 8, 16, 4, 3), (4, 16, 16, 4, 3), (8, 16, 16, 8, 3)]
+# ... and for a fused head of more than 128 channels (one 256-wide N tile): 8 warps over 64
+# pixels, 64 accumulators per thread (the FMA tiles above spill 1.7 KB there)
+_FMA_WIDE_HEAD_SHAPES = [(8, 8, 16, 8, 3), (4, 16, 16, 8, 3), (8, 8, 32, 8, 3)]
 _BLOCK_NS = (16, 32, 64, 128, 256)
 # Hopper's shared memory per block (227 KiB); a candidate whose pipeline would not fit is left out
 # (TF32 operands are twice the bytes of bf16 ones: some bf16 candidates do not fit in TF32).
@@ -258,6 +261,16 @@ def _pipeline_bytes(c: triton.Config, element_size: int) -> int:
     m = c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"]
     k, n = c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N"]
     return c.num_stages * (m * k + k * n) * element_size
+
+
+# fp32 accumulators per thread beyond which a tile spills (the compile report: 255 registers and
+# 0.6-1 KB of local memory at 256 per thread, none at 128)
+_MAX_ACCUMULATORS = 128
+
+
+def _accumulators_per_thread(c: triton.Config) -> int:
+    m = c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"]
+    return m * c.kwargs["BLOCK_N"] // (32 * c.num_warps)
 
 
 def _config(shape: tuple[int, int, int, int, int], block_n: int) -> triton.Config:
@@ -273,7 +286,14 @@ def gpu_configs(dtype: torch.dtype, allow_tf32: bool, c_out: int,
     full = max(16, next_pow2(c_out))
     fma = uses_fma(dtype, allow_tf32)
     if head:
-        configs = [_config(s, full) for s in (_FMA_SHAPES if fma else _TC_SHAPES)]
+        shapes = _TC_SHAPES if not fma else _FMA_WIDE_HEAD_SHAPES if full > 128 else _FMA_SHAPES
+        configs = [_config(s, full) for s in shapes]
+        # the head's tile holds all of C_out: at 256 channels (compile report, sm_90) tiles of
+        # more than 128 accumulators per thread spill 0.6-1 KB, and so does (32 bytes) a 4-warp
+        # tile with 64-deep K steps
+        configs = [c for c in configs if _accumulators_per_thread(c) <= _MAX_ACCUMULATORS
+                   and (c.kwargs["BLOCK_N"] <= 128 or c.num_warps >= 8
+                        or c.kwargs["BLOCK_K"] <= 32)]
     elif fma:
         configs = [_config(s, min(64, full)) for s in _FMA_SHAPES]
     else:
@@ -291,7 +311,8 @@ def _key(c: triton.Config) -> tuple:
 
 
 # Every configuration any launch may use; each launch prunes them to its own gpu_configs.
-_ALL_CONFIGS = list({_key(c): c for s in (*_TC_SHAPES, *_FMA_SHAPES, *(t for t, _ in _TC_BIG_TILES))
+_ALL_CONFIGS = list({_key(c): c for s in (*_TC_SHAPES, *_FMA_SHAPES, *_FMA_WIDE_HEAD_SHAPES,
+                                          *(t for t, _ in _TC_BIG_TILES))
                      for n in _BLOCK_NS for c in [_config(s, n)]}.values())
 
 
