@@ -291,9 +291,10 @@ def gpu_configs(dtype: torch.dtype, allow_tf32: bool, c_out: int,
         # the head's tile holds all of C_out: at 256 channels (compile report, sm_90) tiles of
         # more than 128 accumulators per thread spill 0.6-1 KB, and so does (32 bytes) a 4-warp
         # tile with 64-deep K steps
+        # (none left only past the head's 256-channel limit, which the op refuses)
         configs = [c for c in configs if _accumulators_per_thread(c) <= _MAX_ACCUMULATORS
                    and (c.kwargs["BLOCK_N"] <= 128 or c.num_warps >= 8
-                        or c.kwargs["BLOCK_K"] <= 32)]
+                        or c.kwargs["BLOCK_K"] <= 32)] or configs
     elif fma:
         configs = [_config(s, min(64, full)) for s in _FMA_SHAPES]
     else:
