@@ -2,7 +2,10 @@
 GPU session needs, so that the GPU compiles nothing of it (see unet_fast/aot_cache.py for how the
 keys are made to match).
 
-    # on the CPU machine, with the device's Triton (3.6) in this interpreter, no TRITON_INTERPRET:
+    # the device's Triton wheel under the device's Python, for its triton_key (no torch needed):
+    python3.12 -m venv /tmp/t312 && /tmp/t312/bin/pip install 'triton==3.6.0'
+    # on the CPU machine, with the device's Triton (3.6) in this interpreter, no TRITON_INTERPRET
+    # (about 30 minutes on a busy 2-core machine for the ~300 kernels; 10 MiB):
     python scripts/aot_cache.py build --out .cache/aot-cache.tar.gz \
         --target-python /path/to/python3.12-with-triton-3.6/bin/python
     python scripts/aot_cache.py check .cache/aot-cache.tar.gz     # every launch's key present?
