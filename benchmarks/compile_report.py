@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtypes", default="bf16", help="comma-separated: bf16, fp16, fp32, tf32")
     p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (Hopper)")
     p.add_argument("--first-config-only", action="store_true",
-                   help="compile only the first autotuning candidate of each conv")
+                   help="compile only the tile each conv uses without tuning (the shape-aware "
+                        "default), not every autotuning candidate")
     p.add_argument("--unfused-pool", action="store_true",
                    help="standalone max-pool kernel instead of the conv epilogue")
     p.add_argument("--check", action="store_true", help="exit 1 on any problem found")

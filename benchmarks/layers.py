@@ -37,6 +37,12 @@ from unet_fast.config import UNetConfig
 
 CEILING_FOR = {"bf16": "matmul_bf16", "fp16": "matmul_fp16", "fp32": "matmul_fp32",
                "tf32": "matmul_tf32"}
+# Largest relative L2 difference per layer between unet_fast's op and aten's on the same inputs,
+# both in the precision named. IEEE fp32: DESIGN.md's 1e-5. Otherwise both sides round every
+# output (and TF32 every operand) once, ~2^-9 (bf16) / 2^-11 (fp16, TF32) relative, so two
+# correct implementations differ by a few 1e-3 at most; these bounds are ~5x that, and a
+# miscompiled tile is off by O(1).
+MAX_REL_L2 = {"fp32": 1e-5, "tf32": 2e-3, "fp16": 2e-3, "bf16": 1e-2}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +57,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "TRITON_INTERPRET=1; tiny networks only); on a GPU they are always timed")
     p.add_argument("--target-ms", type=float, default=200.0, help="timed milliseconds per row")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--max-rel-l2", type=float, help="fail (exit 1) when a layer's relative L2 "
+                   "difference to aten exceeds this (default per dtype: "
+                   + ", ".join(f"{k} {v:g}" for k, v in MAX_REL_L2.items()) + ")")
     return p.parse_args(argv)
+
+
+def error_failures(measured: dict[str, dict], bound: float) -> list[str]:
+    """One line per layer whose error against aten is over ``bound`` (NaN and missing fail)."""
+    out = []
+    for name, row in measured.items():
+        err = row.get("rel_l2")
+        if err is None or not err <= bound:
+            out.append(f"FAIL {name}: relative L2 vs aten {err} > {bound:g}")
+    return out
 
 
 def _forward_ms(cfg: UNetConfig, size: int, batch: int, dtype: torch.dtype, tf32: bool,
@@ -139,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     save(rows, forward, complete=True)
     print(f"wrote {path}", file=sys.stderr)
-    return 0
+    bound = args.max_rel_l2 if args.max_rel_l2 is not None else MAX_REL_L2[args.dtype]
+    failures = error_failures(measured, bound)
+    for line in failures:
+        print(line)
+    print(f"error check: {len(measured) - len(failures)}/{len(measured)} layers within "
+          f"{bound:g} of aten")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -133,6 +133,20 @@ def test_script_times_tiny_network_under_interpreter(tmp_path):
     doc = json.loads(path.read_text())
     assert len(doc["layers"]) == 7 and all(r["rel_l2_vs_aten"] < 1e-5 for r in doc["layers"])
     assert doc["complete"] is True and [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert "error check: 7/7 layers within 1e-05 of aten" in proc.stdout
+
+
+def test_script_error_check_fails_on_a_bad_layer():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("layers_script", ROOT / "benchmarks" / "layers.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    measured = {"ok": {"rel_l2": 1e-3}, "bad": {"rel_l2": 0.5}, "nan": {"rel_l2": float("nan")},
+                "missing": {"rel_l2": None}}
+    failures = script.error_failures(measured, 1e-2)
+    assert [f.split(":")[0] for f in failures] == ["FAIL bad", "FAIL nan", "FAIL missing"]
+    assert script.MAX_REL_L2["fp32"] == 1e-5  # DESIGN.md's IEEE fp32 bound
 
 
 def test_script_networks_are_the_benchmarks():

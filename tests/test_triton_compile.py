@@ -92,6 +92,32 @@ def test_crop_concat_compiles(tmp_path):
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
 
+def test_wide_head_candidates_do_not_spill(tmp_path):
+    """The fused head holds all of C_out in one tile: at 129-256 channels (BLOCK_N 256) the
+    128-pixel 4-warp and 256-pixel tiles used to spill 0.6-1 KB; every candidate left must not."""
+    code = (
+        "import torch\n"
+        "from unet_fast.benchmark.compile_report import compile_layers, problems\n"
+        "from unet_fast.benchmark.layers import Layer, TensorSpec\n"
+        "def spec(s, d):\n"
+        "    t = torch.empty(s)\n"
+        "    t = t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t\n"
+        "    return TensorSpec(s, t.stride(), d)\n"
+        "for dt, tf32 in ((torch.bfloat16, False), (torch.float32, True), (torch.float32, False)):\n"
+        "    args = (spec((1, 64, 30, 30), dt), spec((576, 200), dt), spec((200,), dt),\n"
+        "            spec((200, 2), dt), spec((2,), dt), 0, tf32)\n"
+        "    ks = compile_layers([Layer('head', 'conv3x3_head', args, (), 0, 0)])\n"
+        "    assert ks and all(k.config['BLOCK_N'] == 256 for k in ks), ks\n"
+        "    bad = [(k.config, k.local_bytes) for k in ks if k.local_bytes]\n"
+        "    assert not bad, (dt, tf32, bad)\n"
+        "    print(dt, tf32, len(ks), 'candidates, no spills')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("no spills") == 3
+
+
 def test_refuses_interpreter_process():
     env = {**_env(), "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,

@@ -23,6 +23,9 @@ from .triton_helpers import INTERPRET, rel_l2
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(INTERPRET, reason="compiled Triton kernels, not the interpreter"),
+    # these tests are about the Triton kernels: a failed first-call self-check would quietly
+    # hand every later call to the stock fallback, so it fails the test instead
+    pytest.mark.filterwarnings("error:unet_fast. the Triton kernels failed their self-check"),
 ]
 
 

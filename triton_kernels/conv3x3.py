@@ -23,13 +23,16 @@ Optional epilogues:
 
 from __future__ import annotations
 
-import os
+import contextlib
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from unet_fast import launch_hints
+
+from . import tuning
 from ._common import (
     INTERPRET,
     dot_precision,
@@ -244,6 +247,9 @@ _TC_BIG_TILES = [((8, 16, 64, 8, 3), 256), ((8, 16, 32, 8, 4), 256), ((16, 16, 6
 # IEEE fp32 (FMA units): the tensor-core tiles leave each thread 64-128 fp32 accumulators plus
 # operands and spill (benchmarks/compile_report.py --dtypes fp32); these, with N <= 64, do not.
 _FMA_SHAPES = [(8, 8, 32, 4, 3), (8, 8, 16, 4, 3), (4, 16, 16, 4, 3), (8, 16, 16, 8, 3)]
+# ... and for a fused head of more than 128 channels (one 256-wide N tile): 8 warps over 64
+# pixels, 64 accumulators per thread (the FMA tiles above spill 1.7 KB there)
+_FMA_WIDE_HEAD_SHAPES = [(8, 8, 16, 8, 3), (4, 16, 16, 8, 3), (8, 8, 32, 8, 3)]
 _BLOCK_NS = (16, 32, 64, 128, 256)
 # Hopper's shared memory per block (227 KiB); a candidate whose pipeline would not fit is left out
 # (TF32 operands are twice the bytes of bf16 ones: some bf16 candidates do not fit in TF32).
@@ -255,6 +261,16 @@ def _pipeline_bytes(c: triton.Config, element_size: int) -> int:
     m = c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"]
     k, n = c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N"]
     return c.num_stages * (m * k + k * n) * element_size
+
+
+# fp32 accumulators per thread beyond which a tile spills (the compile report: 255 registers and
+# 0.6-1 KB of local memory at 256 per thread, none at 128)
+_MAX_ACCUMULATORS = 128
+
+
+def _accumulators_per_thread(c: triton.Config) -> int:
+    m = c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"]
+    return m * c.kwargs["BLOCK_N"] // (32 * c.num_warps)
 
 
 def _config(shape: tuple[int, int, int, int, int], block_n: int) -> triton.Config:
@@ -270,7 +286,15 @@ def gpu_configs(dtype: torch.dtype, allow_tf32: bool, c_out: int,
     full = max(16, next_pow2(c_out))
     fma = uses_fma(dtype, allow_tf32)
     if head:
-        configs = [_config(s, full) for s in (_FMA_SHAPES if fma else _TC_SHAPES)]
+        shapes = _TC_SHAPES if not fma else _FMA_WIDE_HEAD_SHAPES if full > 128 else _FMA_SHAPES
+        configs = [_config(s, full) for s in shapes]
+        # the head's tile holds all of C_out: at 256 channels (compile report, sm_90) tiles of
+        # more than 128 accumulators per thread spill 0.6-1 KB, and so does (32 bytes) a 4-warp
+        # tile with 64-deep K steps
+        # (none left only past the head's 256-channel limit, which the op refuses)
+        configs = [c for c in configs if _accumulators_per_thread(c) <= _MAX_ACCUMULATORS
+                   and (c.kwargs["BLOCK_N"] <= 128 or c.num_warps >= 8
+                        or c.kwargs["BLOCK_K"] <= 32)] or configs
     elif fma:
         configs = [_config(s, min(64, full)) for s in _FMA_SHAPES]
     else:
@@ -288,7 +312,8 @@ def _key(c: triton.Config) -> tuple:
 
 
 # Every configuration any launch may use; each launch prunes them to its own gpu_configs.
-_ALL_CONFIGS = list({_key(c): c for s in (*_TC_SHAPES, *_FMA_SHAPES, *(t for t, _ in _TC_BIG_TILES))
+_ALL_CONFIGS = list({_key(c): c for s in (*_TC_SHAPES, *_FMA_SHAPES, *_FMA_WIDE_HEAD_SHAPES,
+                                          *(t for t, _ in _TC_BIG_TILES))
                      for n in _BLOCK_NS for c in [_config(s, n)]}.values())
 
 
@@ -301,7 +326,9 @@ def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> l
     return [own[_key(c)] for c in wanted if _key(c) in own]
 
 
-AUTOTUNE = not INTERPRET and os.environ.get("UNET_FAST_AUTOTUNE", "1") != "0"
+# Triton's autotuner over every candidate; :mod:`.tuning` decides when it runs (only when tuning
+# is asked for and the launch key has no recorded tile), the launcher otherwise launches
+# conv3x3_kernel with one explicit tile.
 conv3x3_kernel_autotuned = triton.autotune(
     configs=_ALL_CONFIGS,
     key=["C1", "C2", "C_out", "H_out", "W_out", "BATCH_BUCKET", "PAD", "HAS_X2", "POOL", "HEAD",
@@ -311,14 +338,9 @@ conv3x3_kernel_autotuned = triton.autotune(
 
 
 def batch_bucket(n: int) -> int:
-    """The batch size as the tuning cache sees it: the next power of two, at most 32."""
-    return min(next_pow2(n), 32)
-
-
-def default_kernel():
-    """The kernel the launcher runs by default: autotuned on a GPU over :func:`gpu_configs`,
-    plain under the interpreter (or with ``UNET_FAST_AUTOTUNE=0``: the first GPU config)."""
-    return conv3x3_kernel_autotuned if AUTOTUNE else conv3x3_kernel
+    """The batch size as the tile choice sees it: the next power of two, at most 32, taken of the
+    full batch inside :func:`unet_fast.launch_hints.full_batch` (segment()'s last batch)."""
+    return launch_hints.batch_bucket(n)
 
 
 def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -355,31 +377,43 @@ def conv3x3_launch(
     head_bias: torch.Tensor | None = None,
     allow_tf32: bool = False,
     kernel=None,
+    wrap=None,
 ) -> None:
     """Launch :func:`conv3x3_kernel`; every tensor is logical NCHW with any strides.
 
     ``weight`` is packed (:func:`pack_conv3x3_weight`) for ``C(x) + C(x2)`` input channels.
     ``in_hw`` is the size of the (virtual) joined input; ``offsets`` the per-source offsets from
     :func:`join_offsets`. ``out`` receives the conv output, or the logits when ``head_weight`` is
-    given. ``kernel`` lets :mod:`unet_fast.ops.fused` pass the kernel through ``wrap_triton``.
+    given. The tile comes from :func:`.tuning.choose`; ``wrap`` receives the kernel before it is
+    launched (``wrap_triton`` in :mod:`unet_fast.ops.fused`, a compile-only stand-in in the
+    compile report); ``kernel`` replaces it outright (tests).
     """
     if out.numel() == 0:
         return
-    kernel = default_kernel() if kernel is None else kernel
     n, c1 = x.shape[:2]
     in_h, in_w = in_hw if in_hw is not None else x.shape[2:]
     h_out, w_out = conv_output_size(in_h, padding), conv_output_size(in_w, padding)
     c2 = x2.shape[1] if x2 is not None else 0
     c_out = weight.shape[1]
     head = head_weight is not None
+    precision = dot_precision(x.dtype, allow_tf32)
+    bucket = batch_bucket(n)
+    tune = None
     if INTERPRET:
         block_n = max(16, next_pow2(c_out)) if head else min(32, max(16, next_pow2(c_out)))
         meta = {**_INTERPRET_CONFIG, "BLOCK_N": block_n}
-    elif not AUTOTUNE:
-        cfg = gpu_configs(x.dtype, allow_tf32, c_out, head)[0]
-        meta = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        chosen = conv3x3_kernel
     else:
-        meta = {}  # the autotuner's configuration, BLOCK_N included
+        key = tuning.ConvKey(c1, c2, c_out, h_out, w_out, bucket, padding, pooled is not None,
+                             head, precision, str(x.dtype).removeprefix("torch."))
+        choice = tuning.choose(key, x.dtype, allow_tf32, x.device)
+        if choice.config is None:  # tune: the autotuner's configuration, BLOCK_N included
+            meta, chosen = {}, conv3x3_kernel_autotuned
+            tune = tuning.tuning(key, x.device, conv3x3_kernel_autotuned)
+        else:
+            meta, chosen = tuning.config_meta(choice.config), conv3x3_kernel
+    if kernel is None:
+        kernel = chosen if wrap is None else wrap(chosen)
 
     def grid(m):
         m = {**m, **meta}
@@ -390,20 +424,19 @@ def conv3x3_launch(
     src2 = x2 if x2 is not None else x
     p = pooled if pooled is not None else out
     num_classes = head_weight.shape[1] if head else 1
-    kernel[grid](
-        x, *_nhwc_strides(x), c1, x.shape[2], x.shape[3], oy1, ox1,
-        src2, *_nhwc_strides(src2), c2, src2.shape[2], src2.shape[3], oy2, ox2,
-        weight, bias if bias is not None else weight, c_out,
-        out, *_nhwc_strides(out), h_out, w_out,
-        p, *_nhwc_strides(p),
-        head_weight if head else weight, head_bias if head_bias is not None else weight,
-        num_classes, BATCH_BUCKET=batch_bucket(n),
-        PAD=padding, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, RELU=relu,
-        POOL=pooled is not None, HEAD=head,
-        PRECISION=dot_precision(x.dtype, allow_tf32), UPCAST=interpreter_upcast(x.dtype),
-        BLOCK_CLS=max(16, next_pow2(num_classes)), FLAT_K=flat_k(c1, x2 is not None),
-        **meta,
-    )
+    with tune if tune is not None else contextlib.nullcontext():
+        kernel[grid](
+            x, *_nhwc_strides(x), c1, x.shape[2], x.shape[3], oy1, ox1,
+            src2, *_nhwc_strides(src2), c2, src2.shape[2], src2.shape[3], oy2, ox2,
+            weight, bias if bias is not None else weight, c_out,
+            out, *_nhwc_strides(out), h_out, w_out,
+            p, *_nhwc_strides(p),
+            head_weight if head else weight, head_bias if head_bias is not None else weight,
+            num_classes, BATCH_BUCKET=bucket,
+            PAD=padding, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, RELU=relu,
+            POOL=pooled is not None, HEAD=head, PRECISION=precision,
+            UPCAST=interpreter_upcast(x.dtype), BLOCK_CLS=max(16, next_pow2(num_classes)),
+            FLAT_K=flat_k(c1, x2 is not None), **meta)
 
 
 def conv3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

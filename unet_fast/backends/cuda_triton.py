@@ -132,6 +132,16 @@ class CudaTritonBackend:
             dominates at batch 1. Graphs live in ``model.weight_cache`` (so they are rebuilt when
             the weights change) and each holds its own activation memory. Off by default.
         max_graphs: how many input shapes keep a graph (least recently used dropped first).
+        self_check: before the kernels first serve a (device, dtype, TF32 setting, network
+            config), check them on a small input against stock PyTorch and float64
+            (:mod:`.self_check`); on a failure or an exception warn once and serve that key with
+            the stock path (:mod:`.stock`: cuDNN, BatchNorm folded, the same ``cuda_graphs``)
+            from then on. None (default): on CUDA inputs unless ``UNET_FAST_SELF_CHECK=0``.
+        autotune: tune the 3x3 convolutions' tiles for launch shapes that have no recorded
+            tuning (True), never tune (False), or follow ``UNET_FAST_AUTOTUNE`` (None, default:
+            off). Untuned launches use a shape-aware default tile
+            (:mod:`unet_fast.triton_kernels.tuning`), so a first call compiles one kernel per
+            layer shape and times nothing.
     """
 
     name = "cuda-triton"
@@ -140,12 +150,20 @@ class CudaTritonBackend:
     traceable = True
 
     def __init__(self, fuse_pool: bool = True, cuda_graphs: bool = False,
-                 max_graphs: int = 4) -> None:
+                 max_graphs: int = 4, self_check: bool | None = None,
+                 autotune: bool | None = None) -> None:
+        from .stock import StockBackend
+
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.fuse_pool = fuse_pool
         self.cuda_graphs = cuda_graphs
         self.max_graphs = max_graphs
+        self.self_check = self_check
+        self.autotune = autotune
+        self.fallback = StockBackend(cuda_graphs=cuda_graphs, max_graphs=max_graphs)
+        # self-check outcome per key (see _check_key): True = the kernels serve it
+        self.verdicts: dict[tuple, bool] = {}
 
     def supports(self, model: UNet, x: torch.Tensor) -> bool:
         last_c_out = model.decoder[-1].conv2.out_channels
@@ -156,50 +174,95 @@ class CudaTritonBackend:
         )
 
     def forward(self, model: UNet, x: torch.Tensor) -> torch.Tensor:
+        from ..launch_hints import autotune
+
+        if self.autotune is None:
+            return self._forward(model, x)
+        with autotune(self.autotune):
+            return self._forward(model, x)
+
+    def _forward(self, model: UNet, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x, model.head.weight.dtype)
         tf32 = allow_tf32_for(dtype)
         x = x.to(dtype).contiguous(memory_format=_CL)
         if tracing.is_tracing():
             # the weight cache keys on storage pointers, which traced (fake) tensors lack
             return self._run(pack(model, dtype, tf32), x, tf32)
+        if not self._checking(x):
+            return self._forward_kernels(model, x, dtype, tf32)
+        key = self._check_key(model, x, dtype, tf32)
+        if key not in self.verdicts:
+            self.verdicts[key] = self._first_check(model, x, dtype, tf32)
+        if self.verdicts[key]:
+            try:
+                return self._forward_kernels(model, x, dtype, tf32)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # a kernel that fails on this GPU must not fail the user
+                self.verdicts[key] = False
+                self._warn(x, dtype, tf32, f"{type(e).__name__}: {e}")
+        return self.fallback.forward(model, x)
+
+    def _checking(self, x: torch.Tensor) -> bool:
+        from .self_check import enabled_by_env
+
+        if self.self_check is None:
+            return x.is_cuda and enabled_by_env()
+        return self.self_check
+
+    def _check_key(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool) -> tuple:
+        return (x.device, dtype, tf32, self.fuse_pool, model.config)
+
+    def _first_check(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool) -> bool:
+        from ..launch_hints import autotune
+        from .self_check import run_check
+
+        def kernels(t: torch.Tensor) -> torch.Tensor:
+            with autotune(False):  # the check's small shapes are not worth tuning time
+                return self._run(self._packed(model, t, dtype, tf32), t, tf32)
+
+        try:
+            verdict = run_check(model, x.device, dtype, kernels)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            self._warn(x, dtype, tf32, f"{type(e).__name__}: {e}")
+            return False
+        if not verdict.ok:
+            self._warn(x, dtype, tf32, verdict.reason)
+        return verdict.ok
+
+    @staticmethod
+    def _warn(x: torch.Tensor, dtype: torch.dtype, tf32: bool, reason: str) -> None:
+        import warnings
+
+        where = (torch.cuda.get_device_name(x.device) if x.is_cuda else str(x.device))
+        precision = "TF32" if tf32 else str(dtype).removeprefix("torch.")
+        warnings.warn(
+            f"unet_fast: the Triton kernels failed their self-check on {where} ({x.device}, "
+            f"{precision}): {reason.splitlines()[0] if reason else 'no reason given'}; this "
+            f"model runs on the stock cuDNN path there from now on (correct, slower). Please "
+            f"report this with `unet-fast info`.", RuntimeWarning, stacklevel=4)
+
+    def _forward_kernels(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool
+                         ) -> torch.Tensor:
         if self.cuda_graphs and x.is_cuda:
             return self._replay(model, x, dtype, tf32)
         return self._run(self._packed(model, x, dtype, tf32), x, tf32)
 
     def _replay(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool
                 ) -> torch.Tensor:
+        from . import _graphs
+
         key = (self.name, "graph", x.device, dtype, tuple(x.shape), tf32, self.fuse_pool)
-        graph, static_x, static_y = model.weight_cache.get(
-            model, key, lambda: self._capture(model, x, dtype, tf32))
-        model.weight_cache.trim(lambda k: k[:2] == key[:2], self.max_graphs)
-        static_x.copy_(x)
-        graph.replay()
-        return static_y.clone()
+        return _graphs.replay(
+            model, key, x, lambda t: self._run(self._packed(model, t, dtype, tf32), t, tf32),
+            self.max_graphs)
 
     def _packed(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool
                 ) -> PackedTritonUNet:
         return model.weight_cache.get(model, (self.name, x.device, dtype, tf32),
                                       lambda: pack(model, dtype, tf32))
-
-    def _capture(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool):
-        from .._device import device_guard
-
-        packed = self._packed(model, x, dtype, tf32)
-        # The static tensors outlive this call, which may run under inference_mode (segment()
-        # does): made as normal tensors, later calls under plain no_grad can still copy into
-        # them. The graph is captured on the current device, hence the guard.
-        with device_guard(x.device), torch.inference_mode(False), torch.no_grad():
-            static_x = x.clone()
-            # Warm up on a side stream first: autotuning and compilation must not be captured.
-            stream = torch.cuda.Stream(x.device)
-            stream.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(stream):
-                self._run(packed, static_x, tf32)
-            torch.cuda.current_stream(x.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_y = self._run(packed, static_x, tf32)
-        return graph, static_x, static_y
 
     def _run(self, packed: PackedTritonUNet, x: torch.Tensor, tf32: bool) -> torch.Tensor:
         from ..ops import fused  # noqa: F401  (registers torch.ops.unet_fast.*)

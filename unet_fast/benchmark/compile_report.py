@@ -150,13 +150,16 @@ def _inspect(cubin: bytes) -> tuple[int | None, int | None, Counter, int, int]:
 def compile_layers(layers: list[Layer], arch: int = 90,
                    all_configs: bool = True) -> list[CompiledKernel]:
     """Compile the kernels of ``layers`` for ``sm_<arch>`` and inspect each variant
-    (``all_configs``: every autotuning candidate; else the first, which
-    ``UNET_FAST_AUTOTUNE=0`` runs)."""
+    (``all_configs``: every autotuning candidate; else the tile a launch uses without tuning,
+    :func:`unet_fast.triton_kernels.tuning.default_config`)."""
     from ..ops.fused import LAUNCHES
 
     out: list[CompiledKernel] = []
     seen: dict[str, CompiledKernel] = {}
-    with cuda_target(arch):
+    from ..triton_kernels import tuning
+
+    every = tuning.all_candidates() if all_configs else contextlib.nullcontext()
+    with cuda_target(arch), every:
         for layer in layers:
             sink: list = []
             args = tuple(a.empty("cpu") if isinstance(a, TensorSpec) else a for a in layer.args)

@@ -86,7 +86,7 @@ def _conv3x3_fake(x, weight, bias, padding, relu, allow_tf32):
 def _launch_conv3x3(x, weight, bias, padding, relu, allow_tf32, *, wrap=wrap_triton):
     out = _conv3x3_fake(x, weight, bias, padding, relu, allow_tf32)
     _conv.conv3x3_launch(x, weight, bias, out, padding=padding, relu=relu,
-                         allow_tf32=allow_tf32, kernel=wrap(_conv.default_kernel()))
+                         allow_tf32=allow_tf32, wrap=wrap)
     return out
 
 
@@ -109,7 +109,7 @@ def _conv3x3_pool_fake(x, weight, bias, padding, allow_tf32):
 def _launch_conv3x3_pool(x, weight, bias, padding, allow_tf32, *, wrap=wrap_triton):
     out, pooled = _conv3x3_pool_fake(x, weight, bias, padding, allow_tf32)
     _conv.conv3x3_launch(x, weight, bias, out, padding=padding, pooled=pooled,
-                         allow_tf32=allow_tf32, kernel=wrap(_conv.default_kernel()))
+                         allow_tf32=allow_tf32, wrap=wrap)
     return out, pooled
 
 
@@ -139,7 +139,7 @@ def _launch_conv3x3_cat(skip, up, weight, bias, padding, relu, allow_tf32, *, wr
                                              padding == 1)
     _conv.conv3x3_launch(skip, weight, bias, out, padding=padding, relu=relu, x2=up,
                          in_hw=in_hw, offsets=(off_s, off_u), allow_tf32=allow_tf32,
-                         kernel=wrap(_conv.default_kernel()))
+                         wrap=wrap)
     return out
 
 
@@ -176,7 +176,7 @@ def _launch_conv3x3_head(x, weight, bias, head_weight, head_bias, padding, allow
     out = _conv3x3_head_fake(x, weight, bias, head_weight, head_bias, padding, allow_tf32)
     _conv.conv3x3_launch(x, weight, bias, out, padding=padding, head_weight=head_weight,
                          head_bias=head_bias, allow_tf32=allow_tf32,
-                         kernel=wrap(_conv.default_kernel()))
+                         wrap=wrap)
     return out
 
 

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .. import sizes
 from ..config import UNetConfig
+from ..launch_hints import full_batch
 from ..ops.tiling import MIRROR_MODES, extract_tiles, stitch_tiles
 from .geometry import AxisPlan, plan_axis, window_candidates
 from .memory import default_memory_budget, estimate_tile_bytes
@@ -231,7 +232,8 @@ def segment(model: torch.nn.Module, image: torch.Tensor, *,
 
     channels_last = type(model).__module__.startswith("unet_fast.model")
     steps = math.ceil(len(tiles) / per_step)
-    with torch.inference_mode():
+    # every batch, the smaller last one too, uses the full batch's tiles and compiled kernels
+    with torch.inference_mode(), full_batch(per_step * copies):
         for chunk in tqdm(_batches(tiles, per_step), total=steps, disable=not progress,
                           desc="segment", unit="batch"):
             src = torch.tensor([(b, iy, ix) for b, iy, ix, _, _ in chunk], dtype=torch.int64,
