@@ -36,8 +36,8 @@ def weight_problem(model: nn.Module, tensors: Mapping[str, torch.Tensor] | None 
     for kind, key, t in entries:
         if tensors is not None:
             t = tensors.get(key)
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            continue
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.is_meta:
+            continue  # (meta tensors have no values: kernels are planned on them, never run)
         t = t.detach()
         where = f"{kind} {display(key)!r}"
         if not bool(torch.isfinite(t).all()):
