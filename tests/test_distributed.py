@@ -1,0 +1,136 @@
+"""The distributed engine (unet_fast.distributed): chunked == whole-image segment(), on a real
+LocalCluster of 2 worker processes; a killed worker; a resumed run; the foreground mask; bad
+inputs. Needs the optional extra ``unet_fast[distributed]`` (dask, distributed, zarr)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import unet_fast
+
+from .distributed_helpers import rel_err, whole_pass
+
+pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+tifffile = pytest.importorskip("tifffile")
+
+from unet_fast.distributed import segment_large  # noqa: E402
+from unet_fast.distributed.plan import mirror_indices  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    """A tiny valid-padding U-Net (depth 2, 3 input channels, 3 classes), saved to a file."""
+    torch.manual_seed(1)
+    model = unet_fast.UNet(in_channels=3, num_classes=3, base_channels=3, depth=2).eval()
+    path = tmp_path_factory.mktemp("net") / "model.pt"
+    unet_fast.save(model, path)
+    return model, str(path)
+
+
+@pytest.fixture(scope="module")
+def image():
+    """An RGB uint8 image (H, W, C) of odd size, with its float (C, H, W) counterpart."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (233, 301, 3), dtype=np.uint8)
+    return img, np.moveaxis(img, -1, 0).astype(np.float32) / 255
+
+
+def _read(out, kind="logits"):
+    return zarr.open_array(store=str(out), path=kind, mode="r")[...]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 17])
+@pytest.mark.parametrize("mode", ["reflect", "symmetric"])
+def test_mirror_indices_match_numpy_pad(n, mode):
+    a = np.arange(n)
+    for lo, hi in ((-40, n + 40), (-3, 2), (n - 2, n + 7)):
+        padded = np.pad(a, (40, 60), mode=mode)
+        assert np.array_equal(a[mirror_indices(lo, hi, n, mode)], padded[lo + 40:hi + 40])
+
+
+@pytest.mark.parametrize("chunk", [41, 64, (50, 333), 1000])
+def test_chunked_equals_whole_pass_in_process(tmp_path, net, image, chunk):
+    """Any chunk size (also off the pooling grid, and past the image) gives the whole-image
+    result; workers=0 runs the same tasks without dask."""
+    model, _ = net
+    _, x = image
+    oracle = whole_pass(model, x)
+    out = tmp_path / "o.zarr"
+    stats = segment_large(x, model, out, output="logits", chunk=chunk, workers=0)
+    got = _read(out)
+    assert got.dtype == np.float32 and got.shape == oracle.shape
+    assert rel_err(got, oracle) < 1e-5
+    whole = unet_fast.segment(model, torch.from_numpy(x), output="logits").numpy()
+    assert np.abs(got - whole).max() <= 1e-5 * np.abs(whole).max()
+    assert stats.segmented == stats.chunks and stats.already_done == 0
+
+
+def test_symmetric_mirror_and_grey_zarr_input(tmp_path):
+    torch.manual_seed(2)
+    model = unet_fast.UNet(in_channels=1, num_classes=1, base_channels=2, depth=2).eval()
+    x = np.random.default_rng(1).random((97, 141), dtype=np.float32)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=x, chunks=(40, 40))
+    stats = segment_large(str(tmp_path / "in.zarr"), model, tmp_path / "o.zarr", output="logits",
+                          chunk=30, workers=0, mirror_mode="symmetric")
+    assert rel_err(_read(tmp_path / "o.zarr")[0], whole_pass(model, x[None], "symmetric")[0]) < 1e-5
+    assert stats.chunks == 4 * 5
+
+
+def test_same_padding_one_chunk_is_segment(tmp_path):
+    """Same padding: exact (segment()'s own call) when the chunk covers the image."""
+    torch.manual_seed(3)
+    model = unet_fast.UNet(in_channels=1, num_classes=2, base_channels=2, depth=2,
+                           padding="same").eval()
+    x = np.random.default_rng(2).random((1, 90, 70), dtype=np.float32)
+    segment_large(x, model, tmp_path / "o.zarr", output="logits", chunk=128, workers=0)
+    whole = unet_fast.segment(model, torch.from_numpy(x), output="logits").numpy()
+    assert np.array_equal(_read(tmp_path / "o.zarr"), whole)
+
+
+def test_cluster_inputs_equal_whole_pass(tmp_path, client, net, image):
+    """zarr, TIFF (tifffile's zarr view) and dask inputs on 2 worker processes, each chunk
+    read by its own task; labels and float16 probabilities."""
+    import dask.array as da
+
+    model, ckpt = net
+    img, x = image
+    oracle = whole_pass(model, x)
+    labels_ref = oracle.argmax(0)
+    probs_ref = torch.softmax(torch.from_numpy(oracle), 0).numpy()
+    tifffile.imwrite(tmp_path / "in.tif", img, tile=(64, 64), photometric="rgb")
+    zarr.create_array(str(tmp_path / "in.zarr"), data=img, chunks=(50, 60, 3))
+    inputs = {"tif": str(tmp_path / "in.tif"), "zarr": str(tmp_path / "in.zarr"),
+              "dask": da.from_array(img, chunks=(100, 100, 3)), "numpy": img}
+    for name, src in inputs.items():
+        out = tmp_path / f"{name}.zarr"
+        stats = segment_large(src, ckpt, out, output="logits", chunk=64, client=client)
+        assert stats.segmented == 4 * 5
+        assert rel_err(_read(out), oracle) < 1e-5, name
+    segment_large(inputs["zarr"], ckpt, tmp_path / "labels.zarr", chunk=(70, 90), client=client)
+    labels = _read(tmp_path / "labels.zarr", "labels")
+    assert labels.dtype == np.uint8
+    top2 = np.sort(oracle, 0)[-2:]
+    clear = (top2[1] - top2[0]) > 1e-4  # not a near tie
+    assert np.array_equal(labels[clear], labels_ref[clear]) and clear.mean() > 0.99
+    segment_large(inputs["tif"], ckpt, tmp_path / "p.zarr", output="probs", out_dtype="float16",
+                  chunk=100, client=client)
+    probs = _read(tmp_path / "p.zarr", "probs")
+    assert probs.dtype == np.float16
+    assert np.abs(probs.astype(np.float32) - probs_ref).max() < 1e-3
