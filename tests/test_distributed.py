@@ -5,6 +5,9 @@ inputs. Needs the optional extra ``unet_fast[distributed]`` (dask, distributed, 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,13 +15,13 @@ import torch
 
 import unet_fast
 
-from .distributed_helpers import rel_err, whole_pass
+from .distributed_helpers import failing_loader, killing_loader, rel_err, whole_pass
 
 pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 tifffile = pytest.importorskip("tifffile")
 
-from unet_fast.distributed import segment_large  # noqa: E402
+from unet_fast.distributed import InputError, segment_large  # noqa: E402
 from unet_fast.distributed.plan import mirror_indices  # noqa: E402
 
 
@@ -134,3 +137,111 @@ def test_cluster_inputs_equal_whole_pass(tmp_path, client, net, image):
     probs = _read(tmp_path / "p.zarr", "probs")
     assert probs.dtype == np.float16
     assert np.abs(probs.astype(np.float32) - probs_ref).max() < 1e-3
+
+
+def _clean_run(tmp_path, client, ckpt, x, chunk):
+    out = tmp_path / "clean.zarr"
+    segment_large(x, ckpt, out, output="logits", chunk=chunk, client=client)
+    return _read(out)
+
+
+def test_killed_worker_run_finishes_identical(tmp_path, client, net, image):
+    """One worker process is SIGKILLed in the middle of its third chunk; dask runs the lost
+    task again elsewhere and the result is bitwise the uninterrupted run's."""
+    model, ckpt = net
+    _, x = image
+    pids = set(client.run(os.getpid).values())
+    marker = tmp_path / "killed"
+    out = tmp_path / "o.zarr"
+    stats = segment_large(x, killing_loader(ckpt, str(marker), after=3), out, output="logits",
+                          chunk=41, client=client)
+    killed = int(marker.read_text())
+    assert killed in pids  # a worker process of this cluster was killed ...
+    client.wait_for_workers(2, timeout=60)
+    assert killed not in set(client.run(os.getpid).values())  # ... and replaced by its nanny
+    assert stats.segmented == stats.chunks == 6 * 8
+    got = _read(out)
+    assert np.array_equal(got, _clean_run(tmp_path, client, ckpt, x, 41))
+    assert rel_err(got, whole_pass(model, x)) < 1e-5
+
+
+def test_resumed_run_skips_written_chunks(tmp_path, client, net, image):
+    """A run that fails part way leaves done flags; the rerun writes only the others. A chunk
+    whose data was written but not its flag (a crash in between) is written again."""
+    model, ckpt = net
+    _, x = image
+    out = tmp_path / "o.zarr"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        segment_large(x, failing_loader(ckpt, after=3), out, output="logits", chunk=41,
+                      client=client)
+    done = zarr.open_array(store=str(out), path="done", mode="r+")
+    flags = done[...] == 1
+    assert 1 <= flags.sum() < flags.size
+    result = zarr.open_array(store=str(out), path="logits", mode="r+")
+    (iy, ix), (jy, jx) = np.argwhere(flags)[0], np.argwhere(~flags)[0]
+    result[:, iy * 41:(iy + 1) * 41, ix * 41:(ix + 1) * 41] = 1e6  # written, flag lost
+    done[iy, ix] = 0
+    result[:, jy * 41:(jy + 1) * 41, jx * 41:(jx + 1) * 41] = -1e6  # half-written, no flag
+    stats = segment_large(x, ckpt, out, output="logits", chunk=41, client=client)
+    assert stats.already_done == flags.sum() - 1
+    assert stats.segmented == stats.chunks - stats.already_done
+    assert (zarr.open_array(store=str(out), path="done")[...] == 1).all()
+    assert rel_err(_read(out), whole_pass(model, x)) < 1e-5
+    again = segment_large(x, ckpt, out, output="logits", chunk=41, client=client)
+    assert again.segmented == 0 and again.already_done == again.chunks
+
+
+def test_foreground_mask_skips_empty_chunks(tmp_path, client, net, image):
+    model, ckpt = net
+    _, x = image
+    h, w = x.shape[1:]
+    mask = np.zeros((12, 15), dtype=np.uint8)
+    mask[3:6, 4:8] = 255
+    stats = segment_large(x, ckpt, tmp_path / "o.zarr", output="logits", chunk=41,
+                          client=client, foreground=mask)
+    got = _read(tmp_path / "o.zarr")
+    oracle = whole_pass(model, x)
+    # the mask at full resolution (nearest): every pixel under it was segmented
+    under = mask[np.arange(h) * 12 // h][:, np.arange(w) * 15 // w] > 0
+    assert rel_err(got[:, under], oracle[:, under]) < 1e-5
+    blocks = [got[:, y:y + 41, xx:xx + 41] for y in range(0, h, 41) for xx in range(0, w, 41)]
+    zero = sum(not b.any() for b in blocks)
+    assert stats.background == zero and 0 < zero < len(blocks) - 4
+    assert stats.segmented == len(blocks) - zero
+    for b, o in zip(blocks, [oracle[:, y:y + 41, xx:xx + 41] for y in range(0, h, 41)
+                             for xx in range(0, w, 41)], strict=True):
+        assert not b.any() or rel_err(b, o) < 1e-5
+
+
+def test_bad_inputs_write_nothing(tmp_path, net, image):
+    _, ckpt = net
+    img, x = image
+    out = tmp_path / "o.zarr"
+    with pytest.raises(InputError, match="does not exist"):
+        segment_large(str(tmp_path / "missing.zarr"), ckpt, out, workers=0)
+    with pytest.raises(InputError, match=r"has 1 channel\(s\).*expects 3"):
+        segment_large(x[:1], ckpt, out, workers=0)
+    group = zarr.open_group(str(tmp_path / "two.zarr"), mode="w")
+    group.create_array("a", data=img)
+    group.create_array("b", data=img)
+    with pytest.raises(InputError, match=r"2 arrays .*name one"):
+        segment_large(str(tmp_path / "two.zarr"), ckpt, out, workers=0)
+    assert not out.exists()
+    other = tmp_path / "other.zarr"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="already holds something else"):
+        segment_large(x, ckpt, other, workers=0)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    segment_large(x, ckpt, out, chunk=200, workers=0)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(InputError, match=r"different run \(differs in: chunk\)"):
+        segment_large(x, ckpt, out, chunk=100, workers=0)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_import_unet_fast_does_not_import_dask():
+    code = ("import sys, unet_fast, unet_fast.cli.segment, unet_fast.distributed; "
+            "bad = [m for m in ('dask', 'distributed', 'zarr', 'tifffile') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

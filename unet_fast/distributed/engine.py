@@ -246,17 +246,15 @@ def _run_dask(client: Any, run: RunSpec, todo: list, blank: list, inp: Input,
     workers hold more than a few regions), and wait for all of them."""
     from distributed import as_completed
 
+    # every worker gets the model: a copy on one worker alone would be lost with it
     module_f = client.scatter(module, broadcast=True) if module is not None else None
-    source_f = None
-    if inp.array is not None and type(inp.array).__module__.split(".")[0] != "dask":
-        source_f = client.scatter(inp.array)  # one copy, sliced per task on the cluster
     window = max(4, 2 * sum(client.nthreads().values()))
 
     def submissions() -> Iterator[Callable[[], Any]]:
         for c in blank:
             yield lambda c=c: client.submit(blank_chunk, run, c, pure=False)
         for c in todo:
-            yield lambda c=c: _submit_chunk(client, run, c, inp, source_f, module_f)
+            yield lambda c=c: _submit_chunk(client, run, c, inp, module_f)
 
     pending = submissions()
     futures = as_completed()
@@ -284,17 +282,12 @@ def _take(it: Iterator, n: int) -> list:
     return out
 
 
-def _index(array: Any, index: tuple) -> np.ndarray:
-    return np.asarray(array[index])
-
-
-def _submit_chunk(client: Any, run: RunSpec, c: Any, inp: Input, source_f: Any,
-                  module_f: Any) -> Any:
+def _submit_chunk(client: Any, run: RunSpec, c: Any, inp: Input, module_f: Any) -> Any:
+    """Submit one chunk's task. A store-backed input is read by the task itself; a dask array's
+    region is computed on the cluster (recomputed from its graph if its worker is lost); a numpy
+    array's region travels with the task (scattered data would be lost with its worker)."""
     block = None
     if inp.array is not None:
-        idx = block_index(run, c)
-        if source_f is not None:
-            block = client.submit(_index, source_f, idx, pure=False)
-        else:
-            block = client.compute(inp.array[idx])
+        block = inp.array[block_index(run, c)]
+        block = client.compute(block) if hasattr(block, "dask") else np.ascontiguousarray(block)
     return client.submit(run_chunk, run, c, block, module_f, pure=False)
