@@ -245,3 +245,89 @@ def test_import_unet_fast_does_not_import_dask():
             "bad = [m for m in ('dask', 'distributed', 'zarr', 'tifffile') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_zarr_on_a_scheduler(tmp_path, capsys, client, net, image):
+    """``unet-fast segment big.zarr -c model.pt -o out.zarr --scheduler ADDRESS``: uint8 input
+    scaled by 1/255 as the CLI does for files; labels, then float16 probabilities."""
+    from .cli_helpers import run_cli
+
+    model, ckpt = net
+    img, x = image
+    zarr.create_array(str(tmp_path / "big.zarr"), data=img, chunks=(64, 64, 3))
+    oracle = whole_pass(model, x)
+    address = client.scheduler.address
+    code, _, err = run_cli(capsys, "segment", tmp_path / "big.zarr", "-c", ckpt,
+                           "-o", tmp_path / "out.zarr", "--scheduler", address, "--chunk", "100")
+    assert code == 0, err
+    labels = _read(tmp_path / "out.zarr", "labels")
+    top2 = np.sort(oracle, 0)[-2:]
+    clear = (top2[1] - top2[0]) > 1e-4
+    assert np.array_equal(labels[clear], oracle.argmax(0)[clear]) and clear.mean() > 0.99
+    code, _, err = run_cli(capsys, "segment", tmp_path / "big.zarr", "-c", ckpt, "--output",
+                           "probs", "-o", tmp_path / "p.zarr", "--scheduler", address,
+                           "--zarr-dtype", "float16", "--chunk", "128")
+    assert code == 0, err
+    probs = _read(tmp_path / "p.zarr", "probs").astype(np.float32)
+    assert np.abs(probs - torch.softmax(torch.from_numpy(oracle), 0).numpy()).max() < 1e-3
+
+
+def test_cli_many_images_on_workers_as_plain_cli(tmp_path, capsys, net, monkeypatch):
+    """A folder on a LocalCluster (--workers 1) gives byte-identical files to the plain CLI."""
+    from PIL import Image
+
+    from unet_fast.distributed import cluster
+
+    from .cli_helpers import run_cli
+
+    _, ckpt = net
+    started = []
+    real = cluster.client_for
+    monkeypatch.setattr("unet_fast.distributed.many.client_for",
+                        lambda *a: started.append(a) or real(*a))
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(40, 57), (63, 33), (50, 50)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    for out, extra in (("plain", []), ("dask", ["--workers", "1"])):
+        code, _, err = run_cli(capsys, "segment", folder, "-c", ckpt, "-o", tmp_path / out, *extra)
+        assert code == 0, err
+    assert started == [(None, None, 1)]  # only the second run, on a LocalCluster of 1 worker
+    names = sorted(p.name for p in (tmp_path / "plain").iterdir())
+    assert names == ["0_mask.png", "1_mask.png", "2_mask.png"]
+    assert names == sorted(p.name for p in (tmp_path / "dask").iterdir())
+    for n in names:
+        assert (tmp_path / "plain" / n).read_bytes() == (tmp_path / "dask" / n).read_bytes()
+
+
+def test_cli_bad_inputs_one_line_nothing_written(tmp_path, capsys, net, image):
+    from .cli_helpers import segment_error
+
+    _, ckpt = net
+    img, _ = image
+    zarr.create_array(str(tmp_path / "big.zarr"), data=img, chunks=(64, 64, 3))
+    zarr.create_array(str(tmp_path / "grey.zarr"), data=img[..., 0], chunks=(64, 64))
+    out = tmp_path / "out.zarr"
+    line = segment_error(capsys, "segment", tmp_path / "big.zarr" / "nope", "-c", ckpt, "-o", out)
+    assert "no zarr array or group" in line
+    line = segment_error(capsys, "segment", tmp_path / "grey.zarr", "-c", ckpt, "-o", out)
+    assert "has 1 channel(s)" in line and "expects 3" in line
+    assert not out.exists()
+    (tmp_path / "taken.zarr").mkdir()
+    (tmp_path / "taken.zarr" / "data.bin").write_bytes(b"x")
+    line = segment_error(capsys, "segment", tmp_path / "big.zarr", "-c", ckpt,
+                         "-o", tmp_path / "taken.zarr")
+    assert "already holds something else" in line
+    assert [p.name for p in (tmp_path / "taken.zarr").iterdir()] == ["data.bin"]
+    line = segment_error(capsys, "segment", tmp_path / "big.zarr", "-c", ckpt, "-o", out,
+                         "--output", "overlay")
+    assert "overlay" in line
+    png = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(img[:40, :40]).save(png)
+    line = segment_error(capsys, "segment", png, "-c", ckpt, "-o", tmp_path / "m",
+                         "--chunk", "64")
+    assert "--chunk is for one large image" in line
+    assert not out.exists() and not (tmp_path / "m").exists()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .source import InputError, first_line
@@ -60,3 +61,41 @@ def client_for(client: Any = None, scheduler: str | None = None,
             yield c
     finally:
         cluster.close()
+
+
+def progress_bar(total: int, progress: bool, unit: str) -> Any:
+    """A tqdm bar on stderr over ``total`` ``unit`` (disabled unless ``progress``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not progress, desc=unit, unit=unit.rstrip("s"),
+                file=sys.stderr)
+
+
+def run_windowed(client: Any, submissions: Iterator[Callable[[], Any]], total: int, window: int,
+                 progress: bool, unit: str) -> None:
+    """Call each of ``submissions`` (each submits one task and returns its future), keeping at
+    most ``window`` tasks in flight, and wait for them all; the first failing task's error is
+    raised here after the rest are cancelled."""
+    from distributed import as_completed
+
+    def take(n: int) -> list[Callable[[], Any]]:
+        out = []
+        for submit in submissions:
+            out.append(submit)
+            if len(out) == n:
+                break
+        return out
+
+    futures = as_completed()
+    for submit in take(window):
+        futures.add(submit())
+    with progress_bar(total, progress, unit) as bar:
+        try:
+            for f in futures:
+                f.result()
+                bar.update()
+                for submit in take(1):
+                    futures.add(submit())
+        except BaseException:
+            client.cancel(list(futures.futures))
+            raise

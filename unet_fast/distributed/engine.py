@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cluster import client_for
+from .cluster import client_for, progress_bar, run_windowed
 from .foreground import chunk_foreground, load_mask
 from .plan import MIRROR_MODES, ChunkGrid
 from .source import Input, InputError, open_input
@@ -215,18 +214,12 @@ def _split(grid: ChunkGrid, done: np.ndarray | None, fg: np.ndarray | None
     return todo, blank, skipped
 
 
-def _bar(total: int, progress: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not progress, desc="chunks", unit="chunk", file=sys.stderr)
-
-
 def _run_here(run: RunSpec, grid: ChunkGrid, fg: np.ndarray | None, inp: Input,
               module: torch.nn.Module | None, identity: dict, attrs: dict, resume: bool,
               progress: bool, started: float) -> RunStats:
     create_output(run.out, identity, attrs)
     todo, blank, done = _split(grid, read_done(run.out) if resume else None, fg)
-    with _bar(len(todo) + len(blank), progress) as bar:
+    with progress_bar(len(todo) + len(blank), progress, "chunks") as bar:
         for c in blank:
             blank_chunk(run, c)
             bar.update()
@@ -244,8 +237,6 @@ def _run_dask(client: Any, run: RunSpec, todo: list, blank: list, inp: Input,
               module: torch.nn.Module | None, progress: bool) -> None:
     """Submit the chunk tasks, a bounded number at a time (so neither the scheduler nor the
     workers hold more than a few regions), and wait for all of them."""
-    from distributed import as_completed
-
     # every worker gets the model: a copy on one worker alone would be lost with it
     module_f = client.scatter(module, broadcast=True) if module is not None else None
     window = max(4, 2 * sum(client.nthreads().values()))
@@ -256,30 +247,7 @@ def _run_dask(client: Any, run: RunSpec, todo: list, blank: list, inp: Input,
         for c in todo:
             yield lambda c=c: _submit_chunk(client, run, c, inp, module_f)
 
-    pending = submissions()
-    futures = as_completed()
-    for submit in _take(pending, window):
-        futures.add(submit())
-    with _bar(len(todo) + len(blank), progress) as bar:
-        try:
-            for f in futures:
-                f.result()  # re-raises a task's error here
-                bar.update()
-                for submit in _take(pending, 1):
-                    futures.add(submit())
-        except BaseException:
-            client.cancel(list(futures.futures))
-            raise
-
-
-def _take(it: Iterator, n: int) -> list:
-    out = []
-    for _ in range(n):
-        try:
-            out.append(next(it))
-        except StopIteration:
-            break
-    return out
+    run_windowed(client, submissions(), len(todo) + len(blank), window, progress, "chunks")
 
 
 def _submit_chunk(client: Any, run: RunSpec, c: Any, inp: Input, module_f: Any) -> Any:
