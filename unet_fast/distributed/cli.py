@@ -57,8 +57,9 @@ def wants_distributed(args: argparse.Namespace) -> bool:
                    for a in ("workers", "scheduler", "chunk", "foreground", "zarr_dtype")))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``unet-fast segment`` with dask (see :func:`wants_distributed`)."""
+def run(args: argparse.Namespace, client: Any = None, written: list | None = None) -> int:
+    """Run ``unet-fast segment`` with dask (see :func:`wants_distributed`), on ``client`` if
+    given; the files written by the many-images mode are appended to ``written``."""
     from ..cli import CliError
 
     try:
@@ -69,16 +70,16 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--workers/--scheduler and zarr inputs/outputs need {e.name}: "
                        "pip install 'unet_fast[distributed]'") from None
     if any(_is_zarr(i) for i in args.inputs) or _is_zarr(args.out):
-        return _run_large(args)
+        return _run_large(args, client)
     for flag, value in (("--chunk", args.chunk), ("--foreground", args.foreground),
                         ("--zarr-dtype", args.zarr_dtype)):
         if value is not None:
             raise CliError(f"{flag} is for one large image written to a zarr store "
                            "(-o OUT.zarr); drop it for image files")
-    return _run_many(args)
+    return _run_many(args, client, written)
 
 
-def _run_large(args: argparse.Namespace) -> int:
+def _run_large(args: argparse.Namespace, client: Any) -> int:
     import sys
 
     from ..cli import CliError
@@ -107,7 +108,7 @@ def _run_large(args: argparse.Namespace) -> int:
     try:
         segment_large(args.inputs[0], args.checkpoint, args.out, output=kind,
                       chunk=args.chunk or 1024, out_dtype=args.zarr_dtype,
-                      foreground=args.foreground, client=getattr(args, "client", None),
+                      foreground=args.foreground, client=client,
                       scheduler=args.scheduler, workers=args.workers, device=args.device,
                       precision=args.dtype, threshold=args.threshold, progress=show)
     except InputError as e:
@@ -120,7 +121,7 @@ def _run_large(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_many(args: argparse.Namespace) -> int:
+def _run_many(args: argparse.Namespace, client: Any, written: list | None) -> int:
     import sys
 
     from ..cli import CliError
@@ -144,7 +145,7 @@ def _run_many(args: argparse.Namespace) -> int:
     show = sys.stderr.isatty() if args.progress is None else args.progress
     made = seg._make_folders(plan.folders)
     try:
-        run_many(args, plan.targets, getattr(args, "client", None), show)
+        run_many(args, plan.targets, client, show)
     except BaseException as e:
         seg._remove_empty(made)  # the folders this run created, if it wrote nothing into them
         if isinstance(e, InputError):
@@ -152,7 +153,6 @@ def _run_many(args: argparse.Namespace) -> int:
         if isinstance(e, (CliError, KeyboardInterrupt)) or not isinstance(e, Exception):
             raise
         raise CliError(f"segmenting failed: {first_line(e)}") from e
-    written: Any = getattr(args, "written", None)
     if written is not None:
         written.extend(dst for _, dst in plan.targets)
     return 0

@@ -66,11 +66,9 @@ def segment_images(inputs: Sequence[str | os.PathLike[str]], checkpoint: str | o
     argv += ["--scheduler", scheduler] if scheduler else []
     argv += ["--workers", str(workers)] if workers else []
     args = build_parser().parse_args(argv)
-    args.client = client
     written: list[Path] = []
-    args.written = written
     try:
-        run(args)
+        run(args, client, written)
     except CliError as e:
         raise InputError(str(e)) from None
     return written
