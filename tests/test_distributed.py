@@ -102,8 +102,10 @@ def test_symmetric_mirror_and_grey_zarr_input(tmp_path):
     assert stats.chunks == 4 * 5
 
 
-def test_same_padding_one_chunk_is_segment(tmp_path):
-    """Same padding: exact (segment()'s own call) when the chunk covers the image."""
+def test_same_padding_chunks_follow_segment(tmp_path):
+    """Same padding: segment()'s own call when the chunk covers the image; smaller chunks run
+    segment() on chunk + context clipped to the image, which agrees with segment() on the whole
+    image while segment() runs each of them (and the whole image) as one window."""
     torch.manual_seed(3)
     model = unet_fast.UNet(in_channels=1, num_classes=2, base_channels=2, depth=2,
                            padding="same").eval()
@@ -111,6 +113,8 @@ def test_same_padding_one_chunk_is_segment(tmp_path):
     segment_large(x, model, tmp_path / "o.zarr", output="logits", chunk=128, workers=0)
     whole = unet_fast.segment(model, torch.from_numpy(x), output="logits").numpy()
     assert np.array_equal(_read(tmp_path / "o.zarr"), whole)
+    segment_large(x, model, tmp_path / "c.zarr", output="logits", chunk=32, workers=0)
+    assert np.abs(_read(tmp_path / "c.zarr") - whole).max() <= 1e-5 * np.abs(whole).max()
 
 
 def test_cluster_inputs_equal_whole_pass(tmp_path, client, net, image):

@@ -62,6 +62,13 @@ def _resolve_model(model: Any, device: str, precision: str
 
     if precision not in DTYPES:
         raise InputError(f"precision must be one of {tuple(DTYPES)}, got {precision!r}")
+    if device != "auto":
+        try:
+            if torch.device(device).type not in ("cpu", "cuda"):
+                raise ValueError
+        except (RuntimeError, ValueError):
+            raise InputError(f"device {device!r} is not a device; use auto, cpu, cuda or "
+                             "cuda:N") from None
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
         try:
@@ -114,9 +121,10 @@ def segment_large(image: Any, model: Any, out: str | os.PathLike[str], *,
     image's border, as :func:`unet_fast.segment` does), runs :func:`unet_fast.segment` on it and
     writes the chunk, then its done flag, into ``out`` (see :mod:`.store`). For a valid-padding
     network the result equals ``segment()`` on the whole image up to float32 round-off, whatever
-    ``chunk``; for a same-padding network it is exact when one chunk covers the image and
-    otherwise approximate near chunk borders (each chunk sees ``plan.context`` pixels around it,
-    clipped to the image).
+    ``chunk``. For a same-padding network each chunk's region (the same context, clipped to the
+    image) gets ``segment()``; one pass over that region gives the chunk exactly what one pass
+    over the whole image gives, so the result is ``segment()``'s where ``segment()`` runs single
+    windows (always when one chunk covers the image), else approximate near chunk borders.
 
     Args:
         image: a path to a zarr store (``big.zarr``; an OME-Zarr group's level 0, or the group's
