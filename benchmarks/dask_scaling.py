@@ -6,8 +6,8 @@ against image size (it should stay flat: a task holds one chunk plus its context
 
 Needs the extra ``unet_fast[distributed]``. For each image side S it writes a synthetic uint8
 S x S zarr image band by band (the driver never holds it), then segments it into labels with
-``segment_large`` on a fresh LocalCluster (so each worker's peak RSS, ``ru_maxrss``, belongs to
-this run alone; the peak after a 64 x 64 warm-up run is reported as the baseline of an idle
+``segment_large`` on a fresh LocalCluster (so each worker's peak RSS, /proc's ``VmHWM``, belongs
+to this run alone; the peak after a 64 x 64 warm-up pass is reported as the baseline of an idle
 worker with torch and the model loaded). Prints a table and writes
 ``results/dask-scaling-<cpu|gpu>.json``.
 """
@@ -32,7 +32,18 @@ import unet_fast
 
 
 def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    """This process's peak resident memory in bytes since it started its program.
+
+    ``VmHWM`` of /proc, not ``ru_maxrss``: the workers are spawned (fork, then exec), and
+    ``ru_maxrss`` survives exec, so it would report the driver's size at the fork."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: KiB
 
 
 def make_image(path: Path, side: int, chunk: int) -> None:
@@ -42,10 +53,12 @@ def make_image(path: Path, side: int, chunk: int) -> None:
     arr = zarr.create_array(str(path), shape=(side, side), chunks=(chunk, chunk), dtype="uint8",
                             overwrite=True)
     rng = np.random.default_rng(0)
-    x = np.arange(side, dtype=np.float32)
+    cos_x = np.cos(np.arange(side, dtype=np.float32) / 53.0)
     for y0 in range(0, side, chunk):
         y = np.arange(y0, min(y0 + chunk, side), dtype=np.float32)[:, None]
-        band = 127 + 60 * np.sin(y / 37.0) * np.cos(x / 53.0) + rng.normal(0, 20, (len(y), side))
+        band = rng.standard_normal((len(y), side), dtype=np.float32)
+        band *= 20
+        band += 127 + 60 * np.sin(y / 37.0) * cos_x
         arr[y0:y0 + len(y)] = np.clip(band, 0, 255).astype(np.uint8)
 
 
