@@ -21,6 +21,6 @@ then
 fi
 echo "== build tools"
 "$PY" -m pip install --quiet --disable-pip-version-check "setuptools>=64" wheel ninja pybind11
-echo "== unet_fast (builds unet_fast._C)"
-"$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[dev]"
+echo "== unet_fast (builds unet_fast._C), with the dev tools and the optional extras (dask/zarr, ONNX, MONAI) the tests use"
+"$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[dev,distributed,onnx,monai]"
 "$PY" -c "import unet_fast, unet_fast._C; print('unet_fast', unet_fast.__version__, 'installed')"

@@ -94,6 +94,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     prog.add_argument("--no-progress", dest="progress", action="store_false",
                       help="never show progress bars")
     p.set_defaults(run=run)
+    from unet_fast.distributed.cli import add_arguments  # light: imports no dask
+
+    add_arguments(p)
 
 
 def _positive(text: str) -> int:
@@ -339,6 +342,10 @@ KEEP_BYTES = 512 * 2**20
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from unet_fast.distributed import cli as cluster_cli
+
+    if cluster_cli.wants_distributed(args):  # zarr in or out, or a dask cluster
+        return cluster_cli.run(args)
     files = collect_inputs(args.inputs)
     plan = plan_outputs(files, args.out, args.output, args.format)
     device = resolve_device(args.device)
