@@ -34,8 +34,8 @@ def weight_problem(model: nn.Module, tensors: Mapping[str, torch.Tensor] | None 
     for kind, key, t in entries:
         if tensors is not None:
             t = tensors.get(key)
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            continue
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.is_meta:
+            continue  # (a meta model has shapes only: the benchmarks plan layers with one)
         t = t.detach()
         where = f"{kind} {display(key)!r}"
         if not bool(torch.isfinite(t).all()):
