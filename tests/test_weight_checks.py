@@ -16,6 +16,7 @@ import torch
 
 import unet_fast
 from unet_fast import reference
+from unet_fast.weight_checks import weight_problem
 
 from .cli_helpers import segment_error
 from .helpers import make_pair
@@ -139,3 +140,14 @@ def test_cli_refuses_a_checkpoint_with_a_nan_weight(tmp_path, capsys):
     line = segment_error(capsys, "segment", image, "-c", tmp_path / "nan.pt", "-o", out)
     assert "parameter 'head.weight' has 1 NaN value(s) out of 8" in line
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["img.npy", "nan.pt"]
+
+
+def test_meta_models_pack_without_values_to_check():
+    """The benchmarks plan layers by packing a model on the meta device: nothing to check."""
+    pytest.importorskip("triton")
+    from unet_fast.backends import cuda_triton
+
+    with torch.device("meta"):
+        model = unet_fast.UNet(**KW).eval()
+    assert weight_problem(model) is None
+    assert cuda_triton.pack(model, torch.float32).head_weight.is_meta

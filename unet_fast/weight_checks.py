@@ -37,7 +37,7 @@ def weight_problem(model: nn.Module, tensors: Mapping[str, torch.Tensor] | None 
         if tensors is not None:
             t = tensors.get(key)
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.is_meta:
-            continue  # (meta tensors have no values: kernels are planned on them, never run)
+            continue  # (meta tensors have no values: layer plans and the AOT cache build use them)
         t = t.detach()
         where = f"{kind} {display(key)!r}"
         if not bool(torch.isfinite(t).all()):
