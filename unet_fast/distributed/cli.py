@@ -118,6 +118,7 @@ def _run_large(args: argparse.Namespace, client: Any) -> int:
     except Exception as e:
         raise CliError(f"segmenting {args.inputs[0]!r} failed: {first_line(e)} (the chunks "
                        "written so far are kept: run the same command again to resume)") from e
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -140,19 +141,25 @@ def _run_many(args: argparse.Namespace, client: Any, written: list | None) -> in
                        f"{cfg.num_classes}, its mask is the argmax")
     if args.tile_size is not None:
         seg.check_tile_size(args.tile_size, cfg)
-    seg.check_inputs(files, cfg.in_channels)  # every input, before anything is written
+    seg.check_inputs(files, cfg.in_channels, seg._pixel_limit(args))  # all, before any write
     del model
     show = sys.stderr.isatty() if args.progress is None else args.progress
-    made = seg._make_folders(plan.folders)
-    try:
-        run_many(args, plan.targets, client, show)
-    except BaseException as e:
-        seg._remove_empty(made)  # the folders this run created, if it wrote nothing into them
-        if isinstance(e, InputError):
-            raise CliError(str(e)) from None
-        if isinstance(e, (CliError, KeyboardInterrupt)) or not isinstance(e, Exception):
-            raise
-        raise CliError(f"segmenting failed: {first_line(e)}") from e
+    # the same folder claims, stale-temp clean-up and interrupt handling as a one-machine run
+    with seg._sigterm_interrupts():
+        made, marks = seg._claim_folders(plan)
+        try:
+            run_many(args, plan.targets, client, show)
+        except BaseException as e:
+            seg._unmark(marks)
+            seg._remove_empty(made)  # the folders this run created, if empty and unused
+            if isinstance(e, InputError):
+                raise CliError(str(e)) from None
+            if isinstance(e, (CliError, KeyboardInterrupt)) or not isinstance(e, Exception):
+                raise
+            raise CliError(f"segmenting failed: {first_line(e)}") from e
+        seg._unmark(marks)
+    for _, dst in plan.targets:
+        print(f"wrote {dst}")
     if written is not None:
         written.extend(dst for _, dst in plan.targets)
     return 0

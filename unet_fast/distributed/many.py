@@ -18,10 +18,10 @@ from .worker import ModelSpec, checkpoint_key, get_model
 
 def segment_file(spec: ModelSpec, src: str, dst: str, args: argparse.Namespace) -> str:
     """The task: segment image ``src`` and write ``dst`` as the CLI does; returns ``dst``."""
-    from ..cli.segment import _segment_one, read_input
+    from ..cli.segment import _pixel_limit, _segment_one, read_input
 
     model = get_model(spec)
-    image = read_input(Path(src), model.config.in_channels)
+    image = read_input(Path(src), model.config.in_channels, _pixel_limit(args))
     device = next(model.parameters()).device
     _segment_one(model, image, Path(src), Path(dst), args, device, False,
                  getattr(model, "mask_values", None))
