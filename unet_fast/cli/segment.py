@@ -37,8 +37,10 @@ the image files directly inside it, except this command's outputs (*_mask.*, *_p
 *_overlay.*), which are skipped; name such a file to segment it. Every input is read and
 checked before the model runs: one bad input fails the command before anything is written.
 
-outputs: in a folder, NAME_mask.png (labels 0..K-1, uint8, or uint16 beyond 256 classes; a
-milesial checkpoint's mask_values are used as pixel values when present), NAME_probs.npy
+outputs: in a folder, NAME_mask.png (binary: 0/255; more classes: a palette PNG whose pixel
+values are the labels 0..K-1, each class its own colour, uint16 gray beyond 256 classes; .tif and
+.npy masks hold the raw labels; a milesial checkpoint's mask_values are written as its
+predict.py writes them), NAME_probs.npy
 (float32, K x H x W) or NAME_overlay.png. --format picks .tif/.npy instead of the default.
 """
 
@@ -434,11 +436,8 @@ def _segment_one(model: Any, image: torch.Tensor, src: Path, dst: Path,
             labels = y.long()
         if args.output == "overlay":
             image_io.write_overlay(dst, image, labels)
-        elif mask_values is not None:
-            values = image_io.apply_mask_values(labels, mask_values)
-            image_io.write_mask(dst, values, cfg.num_classes)
         else:
-            image_io.write_mask(dst, labels, max(cfg.num_classes, 2))
+            image_io.write_mask(dst, labels, max(cfg.num_classes, 2), mask_values)
     except image_io.ImageError as e:
         raise CliError(str(e)) from e
     except OSError as e:
