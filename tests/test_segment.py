@@ -94,6 +94,20 @@ def test_large_image_peak_memory_within_budget() -> None:
     assert stats["peak_bytes"] <= budget + stats["result_bytes"], stats
 
 
+@pytest.mark.parametrize("padding", ("valid", "same"))
+def test_labels_never_hold_full_float_logits(padding: str) -> None:
+    """Issue 19: labels are computed band by band, so the peak is the labels plus the budget
+    (it used to add full-size float32 logits, and for same padding their weight sums)."""
+    budget = 8 << 20
+    probe = os.path.join(os.path.dirname(__file__), "segment_memory_probe.py")
+    res = subprocess.run([sys.executable, probe, "fast", "2", "2000", "2000", str(budget),
+                          "labels", "2", padding],
+                         capture_output=True, text=True, check=True, timeout=600)
+    stats = json.loads(res.stdout.strip().splitlines()[-1])
+    assert stats["result_bytes"] == 2000 * 2000 * 8  # int64 labels
+    assert stats["peak_bytes"] <= budget + stats["result_bytes"], stats
+
+
 def test_outputs_and_3d_input() -> None:
     ref, _ = make_models(num_classes=3, base_channels=4, depth=2)
     image = torch.randn(1, 21, 34)
