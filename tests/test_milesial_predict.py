@@ -4,6 +4,8 @@ multiples of 16)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from PIL import Image
 
 from unet_fast.reference import he_init_
 
-from .cli_helpers import run_cli
+from .cli_helpers import run_cli, segment_error
 from .milesial_arch import MilesialUNet, randomise_
 
 
@@ -118,3 +120,20 @@ def test_cli_writes_predict_py_mask(tmp_path, capsys, h, w, bilinear, classes, m
     assert not (wrong & ~tie).any(), f"{(wrong & ~tie).mean():.3%} of the pixels differ"
     assert tie.mean() < 1e-3, f"{tie.mean():.3%} near-ties"
     assert len(np.unique(want.reshape(-1, *want.shape[2:]), axis=0)) == max(classes, 2)
+
+
+@pytest.mark.parametrize("values,msg", [
+    ([0, 10**9], r"mask value 1000000000 \(class 1\) is not an integer in 0\.\.65535"),
+    ([0.4, 1.6], r"mask value 0\.4 \(class 0\) is not an integer"),
+    ([255], r"mask_values has 1 entries but the model has 2 classes \(background and object\)"),
+])
+def test_cli_refuses_mask_values_before_running(tmp_path, capsys, values, msg):
+    net = MilesialUNet(3, 1, True, width=4)
+    state = net.state_dict()
+    state["mask_values"] = values
+    torch.save(state, tmp_path / "m.pth")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    line = segment_error(capsys, "segment", tmp_path / "a.png", "-c", tmp_path / "m.pth",
+                         "-o", tmp_path / "out" / "m.png")
+    assert re.search(rf"checkpoint '.*m\.pth': {msg}", line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "m.pth"]

@@ -247,6 +247,16 @@ def _value_table(values: Sequence[Any]) -> np.ndarray:
     return table.astype(np.uint8 if colours or table.max() <= 255 else np.uint16)
 
 
+def check_mask_values(values: Sequence[Any], num_classes: int) -> None:
+    """Raise a one-line ValueError unless ``values`` (milesial's ``mask_values``) can be written
+    for a model of ``num_classes`` classes (a one-class model has two: background and object)."""
+    table = _value_table(values)
+    need = max(num_classes, 2)
+    if len(table) < need:
+        raise ValueError(f"mask_values has {len(table)} entries but the model has {need} "
+                         f"classes{' (background and object)' if num_classes == 1 else ''}")
+
+
 def apply_mask_values(labels: torch.Tensor | np.ndarray, values: Sequence[Any]) -> np.ndarray:
     """Labels mapped to per-class pixel values (milesial's ``mask_values``: ints or colours), as
     its ``predict.py`` maps them: class ``i`` becomes ``values[i]``. Gray values are uint8 (uint16

@@ -338,6 +338,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"cannot move the model to {device} ({_first_line(e)})") from e
     show = sys.stderr.isatty() if args.progress is None else args.progress
     mask_values = getattr(model, "mask_values", None)
+    if mask_values is not None and args.output == "mask":
+        from unet_fast.image_io import check_mask_values
+
+        try:  # before anything runs or is written
+            check_mask_values(mask_values, cfg.num_classes)
+        except ValueError as e:
+            raise CliError(f"checkpoint {args.checkpoint!r}: {e}") from e
     made = _make_folders(plan.folders)
     try:
         bar = tqdm(plan.targets, desc="images", unit="img", disable=not show, file=sys.stderr)
