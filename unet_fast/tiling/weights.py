@@ -10,6 +10,8 @@ towards an edge on the image's border.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from .geometry import Window
@@ -46,5 +48,16 @@ def axis_profile(window: Window, kind: str) -> torch.Tensor:
 
 def tile_weight(row: Window, col: Window, kind: str) -> torch.Tensor:
     """``(row.keep, col.keep)`` float32 weight map of the tile ``row x col``."""
-    return (axis_profile(row, kind)[:, None] * axis_profile(col, kind)[None, :]).clamp_min(
+    return _tile_weight(_shape(row), _shape(col), kind).clone()
+
+
+def _shape(w: Window) -> tuple[int, int, int, bool, bool]:
+    return (w.size, w.crop, w.keep, w.at_start, w.at_end)
+
+
+@lru_cache(maxsize=64)
+def _tile_weight(row: tuple, col: tuple, kind: str) -> torch.Tensor:
+    # windows of one shape share their weights: computed once per shape, not once per tile
+    r, c = Window(0, *row[:3], 0, *row[3:]), Window(0, *col[:3], 0, *col[3:])
+    return (axis_profile(r, kind)[:, None] * axis_profile(c, kind)[None, :]).clamp_min(
         FLOOR).float()
