@@ -187,3 +187,40 @@ def test_margin_refuses_inexact_paper_depth_tile() -> None:
     # the measured case: tile 256 kept a 42-px core (max difference 7.5)
     with pytest.raises(ValueError, match=r"nearest: 246 or 262$"):
         uf.segment(model, image, tile_size=256, blend="margin")
+
+
+INT_TYPES = (np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64)
+
+
+@pytest.mark.parametrize("np_type", INT_TYPES)
+def test_integer_images_scaled_by_their_type_max(np_type: type) -> None:
+    model = same_net(in_channels=2, num_classes=3, depth=2)
+    info = np.iinfo(np_type)
+    rng = np.random.default_rng(7)
+    a = rng.integers(info.min, info.max, size=(2, 23, 30), dtype=np_type, endpoint=True)
+    a[0, 0, :2] = (info.min, info.max)
+    want = uf.segment(model, torch.from_numpy((a.astype(np.float64) / info.max)
+                                              .astype(np.float32)), tile_size=16)
+    for image in (a, torch.from_numpy(a)):
+        got = uf.segment(model, image, tile_size=16)  # tiled: several gathers
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    if np_type in (np.uint8, np.uint16):  # exactly as the command line reads such files
+        from unet_fast.image_io import normalise
+
+        assert torch.equal(uf.segment(model, a), uf.segment(model, normalise(a)))
+
+
+def test_numpy_and_bool_inputs() -> None:
+    model = same_net(num_classes=2, depth=2)
+    a = np.random.default_rng(1).random((1, 19, 21))
+    torch.testing.assert_close(uf.segment(model, a), uf.segment(model, torch.from_numpy(a)))
+    readonly = a.astype(">f4")  # big-endian and read-only
+    readonly.flags.writeable = False
+    torch.testing.assert_close(uf.segment(model, readonly),
+                               uf.segment(model, torch.from_numpy(a.astype(np.float32))))
+    mask = a > 0.5
+    assert torch.equal(uf.segment(model, mask), uf.segment(model, mask.astype(np.float32)))
+    with pytest.raises(TypeError, match=r"image must be a torch.Tensor or numpy.ndarray"):
+        uf.segment(model, [[[0.0]]])
+    with pytest.raises(TypeError, match=r"numpy array of <U1"):
+        uf.segment(model, np.array([[["a"]]]))
