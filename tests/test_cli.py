@@ -114,8 +114,9 @@ def test_binary_threshold_and_default_out(files, tmp_path, capsys):
     code, _, err = _run(capsys, "segment", src, "-c", files / "gray.pt", "--threshold", t)
     assert code == 0, err
     mask = np.asarray(Image.open(tmp_path / "g_mask.png"))
-    np.testing.assert_array_equal(mask, (prob > t).numpy().astype(np.uint8))
-    assert 0 < mask.sum() < mask.size
+    # a binary mask a person can see: 0 / 255 (issue 13)
+    np.testing.assert_array_equal(mask, (prob > t).numpy().astype(np.uint8) * 255)
+    assert 0 < (mask > 0).sum() < mask.size
 
 
 def test_milesial_checkpoint_autodetected(files, tmp_path, capsys):

@@ -101,8 +101,8 @@ def test_folder_rerun_skips_earlier_outputs(models, tmp_path, capsys):
     (tmp_path / "a_mask.png").rename(only_outputs / "a_mask.png")
     assert "skipped 1 output of unet-fast" in _error(capsys, "segment", only_outputs, "-c",
                                                      models / "rgb.pt")
-    # named explicitly, such a file is still an input
-    code, _, err = _run(capsys, "segment", only_outputs / "a_mask.png", "-c", models / "gray.pt")
+    # named explicitly, such a file is still an input (a 3-class mask is a palette PNG: RGB)
+    code, _, err = _run(capsys, "segment", only_outputs / "a_mask.png", "-c", models / "rgb.pt")
     assert code == 0, err
 
 

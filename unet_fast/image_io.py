@@ -30,8 +30,10 @@ trained on). Other integer types are rejected.
 Writing is atomic (temporary file in the same folder, then rename), so a failed write leaves no
 half-written file:
 
-* :func:`write_mask`: class labels; ``.png``/``.tif`` as uint8 when there are at most 256
-  classes (or mask values), else uint16; ``.npy`` as int64 (uint8/uint16 for the same rule).
+* :func:`write_mask`: class labels a person can look at: a binary PNG mask as 0/255, more
+  classes as a palette PNG (pixel values = class indices, each class its own colour); TIFF and
+  ``.npy`` keep the raw indices (uint8, uint16 beyond 256 classes); milesial's ``mask_values``
+  are written as its ``predict.py`` writes them.
 * :func:`write_probs`: ``(K, H, W)`` float32 as ``.npy`` or float TIFF.
 * :func:`write_overlay`: the image with each non-background class tinted, as RGB PNG.
 """
@@ -357,44 +359,133 @@ def match_channels(x: torch.Tensor, channels: int, name: str = "image") -> torch
                      + hint.get((c, channels), ""))
 
 
-def _label_array(labels: Any, levels: int) -> np.ndarray:
+def _label_array(labels: Any) -> np.ndarray:
     a = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if a.ndim != 2 and not (a.ndim == 3 and a.shape[-1] in (3, 4)):
         raise ValueError(f"labels must be (H, W) (or (H, W, 3|4) colours), got shape {a.shape}")
-    return a.astype(np.uint8 if levels <= 256 else np.uint16)
+    return a
 
 
-def apply_mask_values(labels: torch.Tensor, values: Sequence[Any]) -> np.ndarray:
-    """Labels mapped to per-class pixel values (milesial's ``mask_values``: ints or colours)."""
-    table = np.asarray(values)
-    lab = labels.detach().cpu().numpy()
-    if lab.size and lab.max() >= len(table):
-        raise ValueError(f"label {int(lab.max())} has no entry in the {len(table)} mask values")
+def _value_table(values: Sequence[Any]) -> np.ndarray:
+    """``mask_values`` as a uint8/uint16 lookup table (gray) or uint8 ``(K, 3|4)`` (colours);
+    a ValueError names the first value that no mask file can hold."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ValueError(f"mask_values must be a non-empty list of ints or colours, got "
+                         f"{values!r:.80}")
+    colours = isinstance(values[0], (list, tuple))
+    limit = 255 if colours else 65535
+    for i, v in enumerate(values):
+        if colours != isinstance(v, (list, tuple)) or (colours and len(v) not in (3, 4)):
+            raise ValueError(f"mask_values must all be ints or all colours of 3 or 4 ints; "
+                             f"entry {i} is {v!r:.40}")
+        for x in v if colours else (v,):
+            if not isinstance(x, (int, np.integer)) or not 0 <= int(x) <= limit:
+                raise ValueError(
+                    f"mask value {v!r:.40} (class {i}) is not an integer in 0..{limit}, "
+                    f"which a mask {'colour' if colours else 'pixel'} must be")
+    if colours and len({len(v) for v in values}) != 1:
+        raise ValueError("mask_values colours must all have the same number of channels")
+    table = np.asarray([list(v) for v in values] if colours else [int(v) for v in values])
+    return table.astype(np.uint8 if colours or table.max() <= 255 else np.uint16)
+
+
+def check_mask_values(values: Sequence[Any], num_classes: int) -> None:
+    """Raise a one-line ValueError unless ``values`` (milesial's ``mask_values``) can be written
+    for a model of ``num_classes`` classes (a one-class model has two: background and object)."""
+    table = _value_table(values)
+    need = max(num_classes, 2)
+    if len(table) < need:
+        raise ValueError(f"mask_values has {len(table)} entries but the model has {need} "
+                         f"classes{' (background and object)' if num_classes == 1 else ''}")
+
+
+def apply_mask_values(labels: torch.Tensor | np.ndarray, values: Sequence[Any]) -> np.ndarray:
+    """Labels mapped to per-class pixel values (milesial's ``mask_values``: ints or colours), as
+    its ``predict.py`` maps them: class ``i`` becomes ``values[i]``. Gray values are uint8 (uint16
+    beyond 255), colours uint8 ``(H, W, 3|4)``. Values no mask file can hold (negative, not
+    integers, beyond 65535 or beyond 255 for colours) are refused with a ValueError."""
+    table = _value_table(values)
+    lab = _label_array(labels)
+    if lab.size and (lab.min() < 0 or lab.max() >= len(table)):
+        bad = int(lab.max()) if lab.max() >= len(table) else int(lab.min())
+        raise ValueError(f"label {bad} has no entry in the {len(table)} mask values")
     return table[lab]
 
 
-def write_mask(path: str | os.PathLike[str], labels: Any, num_classes: int) -> None:
-    """Write a label map (or mask values) as PNG/TIFF/npy: uint8 if ``num_classes`` <= 256
-    and every value fits, else uint16."""
-    path = Path(path)
-    a = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+def _is_zero_one(values: Sequence[Any]) -> bool:
+    # predict.py's own test (mask_values == [0, 1]): such masks are saved as 1-bit images
+    return len(values) == 2 and not isinstance(values[0], (list, tuple)) and \
+        [int(v) for v in values] == [0, 1]
+
+
+def _mask_image(a: np.ndarray, num_classes: int, suffix: str, mask_values: Sequence[Any] | None,
+                ) -> tuple[np.ndarray, str | None]:
+    """The pixel array to write and, for PNG, a special mode ("1" or "P") or None."""
+    if mask_values is not None:
+        values = apply_mask_values(a, mask_values)
+        if suffix == ".png" and _is_zero_one(mask_values):
+            return values.astype(bool), "1"
+        return values, None
+    if a.ndim == 3:  # already colours (values applied by the caller)
+        return a.astype(np.uint8), None
+    if a.size and a.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {int(a.min())}")
     levels = max(num_classes, int(a.max()) + 1 if a.size else 0)
-    a = _label_array(a, levels)
+    a = a.astype(np.uint8 if levels <= 256 else np.uint16)
+    if suffix != ".png":
+        return a, None  # TIFF / .npy: the class indices as they are
+    if levels <= 2:
+        return a * np.uint8(255), None  # a binary mask a person can see: 0 / 255
+    if levels <= 256:
+        return a, "P"  # the class indices, shown through a palette
+    return a, None
+
+
+def _palette(levels: int) -> list[int]:
+    """Flat RGB palette: black background, the overlay tints, then evenly spread hues."""
+    import colorsys
+
+    rgb = [(0, 0, 0)] + [tuple(int(c) for c in row) for row in PALETTE]
+    for i in range(len(rgb), max(levels, len(rgb))):
+        h = (i * 0.618033988749895) % 1.0  # golden-ratio hue steps stay distinct
+        rgb.append(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.75, 0.95)))
+    return [c for colour in rgb[:256] for c in colour]
+
+
+def write_mask(path: str | os.PathLike[str], labels: Any, num_classes: int,
+               mask_values: Sequence[Any] | None = None) -> None:
+    """Write a label map ``(H, W)`` (class indices) as PNG, TIFF or ``.npy``.
+
+    * With ``mask_values`` (milesial's): each class written as its value, as its ``predict.py``
+      does (gray uint8/uint16, colours as RGB; ``[0, 1]`` as a 1-bit PNG like predict.py's).
+    * PNG without them: a binary mask (``num_classes`` <= 2) as 0/255 gray; more classes as a
+      palette PNG whose pixel values are the class indices, each class a distinct colour
+      (uint16 gray indices beyond 256 classes).
+    * TIFF / ``.npy`` without them: the raw class indices (uint8, uint16 beyond 256 classes).
+
+    An ``(H, W, 3|4)`` array is taken as colours already mapped and written as RGB(A).
+    """
+    path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in (".png", ".npy", *TIFF_SUFFIXES):
+        raise ImageError(f"mask {str(path)!r}: unsupported extension; use .png, .tif or .npy")
+    a, mode = _mask_image(_label_array(labels), num_classes, suffix, mask_values)
     with atomic_path(path) as tmp:
         if suffix == ".png":
             from PIL import Image
 
-            Image.fromarray(a).save(tmp, format="PNG")
+            im = Image.fromarray(a)
+            if mode == "P":
+                im = Image.fromarray(a, mode="L").convert("P")  # keeps the indices
+                im.putpalette(_palette(num_classes))
+            im.save(tmp, format="PNG")
         elif suffix in TIFF_SUFFIXES:
             import tifffile
 
             tifffile.imwrite(tmp, a, photometric="rgb" if a.ndim == 3 else "minisblack")
-        elif suffix in NPY_SUFFIXES:
+        else:
             with open(tmp, "wb") as f:
                 np.save(f, a)
-        else:
-            raise ImageError(f"mask {str(path)!r}: unsupported extension; use .png, .tif or .npy")
 
 
 def write_probs(path: str | os.PathLike[str], probs: torch.Tensor) -> None:

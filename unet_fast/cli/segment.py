@@ -43,8 +43,10 @@ checked before the model runs: one bad input fails the command before anything i
 An image with more pixels than Pillow's limit (178956970, colour channels not counted) is
 refused from its header, whatever its format; --max-pixels N changes the limit (0: none).
 
-outputs: in a folder, NAME_mask.png (labels 0..K-1, uint8, or uint16 beyond 256 classes; a
-milesial checkpoint's mask_values are used as pixel values when present), NAME_probs.npy
+outputs: in a folder, NAME_mask.png (binary: 0/255; more classes: a palette PNG whose pixel
+values are the labels 0..K-1, each class its own colour, uint16 gray beyond 256 classes; .tif and
+.npy masks hold the raw labels; a milesial checkpoint's mask_values are written as its
+predict.py writes them), NAME_probs.npy
 (float32, K x H x W) or NAME_overlay.png. --format picks .tif/.npy instead of the default.
 """
 
@@ -364,6 +366,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"cannot move the model to {device} ({_first_line(e)})") from e
     show = sys.stderr.isatty() if args.progress is None else args.progress
     mask_values = getattr(model, "mask_values", None)
+    if mask_values is not None and args.output == "mask":
+        from unet_fast.image_io import check_mask_values
+
+        try:  # before anything runs or is written
+            check_mask_values(mask_values, cfg.num_classes)
+        except ValueError as e:
+            raise CliError(f"checkpoint {args.checkpoint!r}: {e}") from e
     with _sigterm_interrupts():
         made, marks = _claim_folders(plan)
         try:
@@ -536,11 +545,8 @@ def _segment_one(model: Any, image: torch.Tensor, src: Path, dst: Path,
             labels = y.long()
         if args.output == "overlay":
             image_io.write_overlay(dst, image, labels)
-        elif mask_values is not None:
-            values = image_io.apply_mask_values(labels, mask_values)
-            image_io.write_mask(dst, values, cfg.num_classes)
         else:
-            image_io.write_mask(dst, labels, max(cfg.num_classes, 2))
+            image_io.write_mask(dst, labels, max(cfg.num_classes, 2), mask_values)
     except image_io.ImageError as e:
         raise CliError(str(e)) from e
     except OSError as e:
