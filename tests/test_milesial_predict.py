@@ -123,9 +123,10 @@ def test_cli_writes_predict_py_mask(tmp_path, capsys, h, w, bilinear, classes, m
 
 
 @pytest.mark.parametrize("values,msg", [
-    ([0, 10**9], r"mask value 1000000000 \(class 1\) is not an integer in 0\.\.65535"),
-    ([0.4, 1.6], r"mask value 0\.4 \(class 0\) is not an integer"),
-    ([255], r"mask_values has 1 entries but the model has 2 classes \(background and object\)"),
+    # refused when the checkpoint is read (unet_fast.checkpoint), before any image is run
+    ([0, 10**9], r"invalid mask_values \(1000000000 is outside 0\.\.65535\)"),
+    ([0.4, 1.6], r"invalid mask_values \(0\.4 is not an integer\)"),
+    ([255], r"invalid mask_values \(1 value\(s\) for 2 classes\)"),
 ])
 def test_cli_refuses_mask_values_before_running(tmp_path, capsys, values, msg):
     net = MilesialUNet(3, 1, True, width=4)
@@ -135,5 +136,5 @@ def test_cli_refuses_mask_values_before_running(tmp_path, capsys, values, msg):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
     line = segment_error(capsys, "segment", tmp_path / "a.png", "-c", tmp_path / "m.pth",
                          "-o", tmp_path / "out" / "m.png")
-    assert re.search(rf"checkpoint '.*m\.pth': {msg}", line), line
+    assert re.search(rf"checkpoint '.*m\.pth' has {msg}", line), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "m.pth"]
