@@ -1,7 +1,13 @@
-"""Test helpers: model pairs with non-trivial weights, error metrics."""
+"""Test helpers: model pairs with non-trivial weights, error metrics, non-blocking reads."""
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
@@ -42,3 +48,27 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def label_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.argmax(1) == b.argmax(1)).double().mean().item()
+
+
+def error_reading_fifo(fifo: Path, read: Callable[[Path], object], what: str) -> BaseException:
+    """The exception ``read(fifo)`` raises on a named pipe; fails the test if it blocks (opening
+    a pipe waits for a writer forever) or returns."""
+    result: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            read(fifo)
+            result.append(None)
+        except BaseException as e:  # reported to the test thread
+            result.append(e)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():  # unblock the stuck open() so the thread ends, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+        pytest.fail(f"{what} a named pipe blocked")
+    if result[0] is None:
+        pytest.fail(f"{what} a named pipe returned instead of raising")
+    return result[0]

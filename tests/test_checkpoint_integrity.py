@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 import zipfile
 
@@ -14,6 +13,8 @@ import torch
 
 import unet_fast
 from unet_fast.checkpoint import CheckpointError
+
+from .helpers import error_reading_fifo
 
 
 def _tiny():
@@ -116,23 +117,7 @@ def test_named_pipe_refused_without_blocking(tmp_path):
     # regression: opening a named pipe waits for a writer forever
     fifo = tmp_path / "pipe.pt"
     os.mkfifo(fifo)
-    result: list[BaseException | None] = []
-
-    def attempt():
-        try:
-            unet_fast.load(fifo)
-            result.append(None)
-        except BaseException as e:  # reported to the test thread
-            result.append(e)
-
-    t = threading.Thread(target=attempt, daemon=True)
-    t.start()
-    t.join(10)
-    if t.is_alive():  # unblock the stuck open() so the thread ends, then fail
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
-        t.join(5)
-        pytest.fail("loading a named pipe blocked")
+    result = [error_reading_fifo(fifo, unet_fast.load, "loading")]
     assert isinstance(result[0], CheckpointError)
     assert "named pipe" in str(result[0]) and "not a regular file" in str(result[0])
 

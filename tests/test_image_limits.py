@@ -5,7 +5,6 @@ from Python (image_io.MAX_PIXELS) and from the command line (--max-pixels)."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 import zlib
 
@@ -20,6 +19,7 @@ from unet_fast import image_io
 from unet_fast.image_io import ImageError, read_image
 
 from .cli_helpers import run_cli, segment_error
+from .helpers import error_reading_fifo
 
 
 def _deflate_bomb(path, side=20000, rows=250):
@@ -117,22 +117,7 @@ def test_named_pipe_image_refused(tmp_path):
     # regression: reading a named pipe waited for a writer forever
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
-    result: list[BaseException | None] = []
-
-    def attempt():
-        try:
-            read_image(fifo)
-            result.append(None)
-        except BaseException as e:  # reported to the test thread
-            result.append(e)
-
-    t = threading.Thread(target=attempt, daemon=True)
-    t.start()
-    t.join(10)
-    if t.is_alive():  # unblock the stuck open() so the thread ends, then fail
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        t.join(5)
-        pytest.fail("reading a named pipe blocked")
+    result = [error_reading_fifo(fifo, read_image, "reading")]
     assert isinstance(result[0], ImageError)
     assert "pipe.png' is a named pipe, not a regular file" in str(result[0])
 

@@ -105,7 +105,11 @@ def test_labels_never_hold_full_float_logits(padding: str) -> None:
                          capture_output=True, text=True, check=True, timeout=600)
     stats = json.loads(res.stdout.strip().splitlines()[-1])
     assert stats["result_bytes"] == 2000 * 2000 * 8  # int64 labels
-    assert stats["peak_bytes"] <= budget + stats["result_bytes"], stats
+    # RSS also holds a few MiB the budget does not model (allocator slack, oneDNN scratch; 1-3
+    # MiB measured for same padding, varying run to run); full-size float32 logits would add 32
+    # MB more (the old code peaked 28 MB over this bound)
+    slack = 4 << 20
+    assert stats["peak_bytes"] <= budget + stats["result_bytes"] + slack, stats
 
 
 def test_outputs_and_3d_input() -> None:

@@ -15,18 +15,10 @@ from typing import Any
 HELP = "large images and clusters (needs the extra: pip install 'unet_fast[distributed]')"
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``--workers``, ``--scheduler``, ``--chunk``, ``--foreground``, ``--zarr-dtype``."""
+    from ..cli.segment import _positive  # (loaded: it is the caller)
+
     g = p.add_argument_group(HELP)
     g.add_argument("--workers", type=_positive, metavar="N",
                    help="run on a local dask cluster of N worker processes (default with a zarr "
