@@ -21,6 +21,11 @@ then
 fi
 echo "== build tools"
 "$PY" -m pip install --quiet --disable-pip-version-check "setuptools>=64" wheel ninja pybind11
-echo "== unet_fast (builds unet_fast._C), with the dev tools and the optional extras (dask/zarr, ONNX, MONAI) the tests use"
-"$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[dev,distributed,onnx,monai]"
+# the optional extras the tests use; zarr 3 (the distributed extra) needs Python 3.11+
+EXTRAS="dev,onnx,monai"
+if "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+  EXTRAS="$EXTRAS,distributed"
+fi
+echo "== unet_fast (builds unet_fast._C), with the extras $EXTRAS"
+"$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[$EXTRAS]"
 "$PY" -c "import unet_fast, unet_fast._C; print('unet_fast', unet_fast.__version__, 'installed')"
