@@ -18,8 +18,7 @@ import pytest
 import torch
 
 import unet_fast
-from unet_fast import reference
-from unet_fast.backends import cpu_onednn
+from unet_fast import packing, reference
 
 from .helpers import make_pair, rel_l2
 
@@ -50,7 +49,7 @@ def test_update_while_packing_is_not_cached_as_current(monkeypatch):
     new = _other_weights(1)
     x = torch.randn(X)
     mid_pack, written = threading.Event(), threading.Event()
-    real_fold, calls = cpu_onednn.fold_double_conv, []
+    real_fold, calls = packing.fold_double_conv, []
 
     def fold_then_wait_once(block, dtype):
         calls.append(block)
@@ -59,7 +58,7 @@ def test_update_while_packing_is_not_cached_as_current(monkeypatch):
             assert written.wait(10)
         return real_fold(block, dtype)
 
-    monkeypatch.setattr(cpu_onednn, "fold_double_conv", fold_then_wait_once)
+    monkeypatch.setattr(packing, "fold_double_conv", fold_then_wait_once)
 
     def writer():
         assert mid_pack.wait(10)
@@ -75,13 +74,13 @@ def test_update_while_packing_is_not_cached_as_current(monkeypatch):
 
 
 def _slow_fold(monkeypatch, seconds: float) -> None:
-    real_fold = cpu_onednn.fold_double_conv
+    real_fold = packing.fold_double_conv
 
     def slow(block, dtype):
         time.sleep(seconds)  # releases the GIL: the writer runs in the middle of a pack
         return real_fold(block, dtype)
 
-    monkeypatch.setattr(cpu_onednn, "fold_double_conv", slow)
+    monkeypatch.setattr(packing, "fold_double_conv", slow)
 
 
 def _load_states(fast, rng, states):

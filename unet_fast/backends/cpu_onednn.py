@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dispatch import compute_dtype
-from ..packing import FoldedConv, fold_conv, fold_double_conv
+from ..packing import FoldedConv, PackedLayers, pack_layers
 from ..reference import join_skip
 from ..weight_checks import check_weights
 
@@ -47,12 +47,7 @@ class PackedUp:
     bias: torch.Tensor
 
 
-@dataclass(frozen=True)
-class PackedUNet:
-    encoder: list[tuple[PackedConv, PackedConv]]
-    bottleneck: tuple[PackedConv, PackedConv]
-    decoder: list[tuple[PackedUp | None, PackedConv, PackedConv]]
-    head: PackedConv
+PackedUNet = PackedLayers[PackedConv, PackedUp]
 
 
 def _pack_conv(folded: FoldedConv) -> PackedConv:
@@ -70,23 +65,8 @@ def pack(model: UNet, dtype: torch.dtype) -> PackedUNet:
     :mod:`unet_fast.weight_checks`).
     """
     check_weights(model)
-
-    def pair(block):
-        return tuple(_pack_conv(f) for f in fold_double_conv(block, dtype))
-
-    decoder = []
-    for block in model.decoder:
-        up = None
-        if block.up is not None:
-            up = PackedUp(block.up.weight.detach().to(dtype).contiguous(memory_format=_CL),
-                          block.up.bias.detach().to(dtype))
-        decoder.append((up, *pair(block)))
-    return PackedUNet(
-        encoder=[pair(b) for b in model.encoder],
-        bottleneck=pair(model.bottleneck),
-        decoder=decoder,
-        head=_pack_conv(fold_conv(model.head, torch.nn.Identity(), dtype)),
-    )
+    return pack_layers(model, dtype, _pack_conv, lambda up: PackedUp(
+        up.weight.detach().to(dtype).contiguous(memory_format=_CL), up.bias.detach().to(dtype)))
 
 
 def _conv(x: torch.Tensor, c: PackedConv, relu: bool) -> torch.Tensor:

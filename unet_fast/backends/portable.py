@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..packing import fold_batchnorm
 from ..reference import join_skip
 
 if TYPE_CHECKING:
@@ -28,13 +29,8 @@ def folded_conv(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tens
     """
     if not isinstance(norm, nn.BatchNorm2d):
         return conv(x)
-    w = conv.weight
-    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
-    bias = -norm.running_mean.double()
-    if conv.bias is not None:
-        bias = bias + conv.bias.double()
-    weight = (w.double() * scale[:, None, None, None]).to(w.dtype)
-    bias = (bias * scale + norm.bias.double()).to(w.dtype)
+    weight, bias = fold_batchnorm(conv.weight, conv.bias, norm)
+    weight, bias = weight.to(conv.weight.dtype), bias.to(conv.weight.dtype)
     return F.conv2d(x, weight, bias, padding=conv.padding)
 
 

@@ -11,14 +11,13 @@ convolutions use TF32 exactly when cuDNN's own flag says so, because they are cu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..dispatch import compute_dtype
-from ..packing import FoldedConv, fold_conv, fold_double_conv
+from ..packing import FoldedConv, PackedLayers, pack_layers
 from ..reference import join_skip
 from . import _graphs
 
@@ -28,14 +27,8 @@ if TYPE_CHECKING:
 _CL = torch.channels_last
 
 
-@dataclass(frozen=True)
-class StockUNet:
-    """Folded weights (channels_last) of every layer, in one compute dtype."""
-
-    encoder: list[tuple[FoldedConv, FoldedConv]]
-    bottleneck: tuple[FoldedConv, FoldedConv]
-    decoder: list[tuple[tuple[torch.Tensor, torch.Tensor | None] | None, FoldedConv, FoldedConv]]
-    head: FoldedConv
+# up-convolutions as (weight, bias) in the compute dtype, channels_last
+StockUNet = PackedLayers[FoldedConv, tuple[torch.Tensor, "torch.Tensor | None"]]
 
 
 def _cl(folded: FoldedConv) -> FoldedConv:
@@ -44,22 +37,11 @@ def _cl(folded: FoldedConv) -> FoldedConv:
 
 def pack(model: UNet, dtype: torch.dtype) -> StockUNet:
     """Fold every BatchNorm of ``model`` and lay the weights out for ``dtype`` in channels_last."""
-    def pair(block):
-        return tuple(_cl(f) for f in fold_double_conv(block, dtype))
+    def up(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return (conv.weight.detach().to(dtype).contiguous(memory_format=_CL),
+                conv.bias.detach().to(dtype) if conv.bias is not None else None)
 
-    decoder = []
-    for block in model.decoder:
-        up = None
-        if block.up is not None:
-            up = (block.up.weight.detach().to(dtype).contiguous(memory_format=_CL),
-                  block.up.bias.detach().to(dtype) if block.up.bias is not None else None)
-        decoder.append((up, *pair(block)))
-    return StockUNet(
-        encoder=[pair(b) for b in model.encoder],
-        bottleneck=pair(model.bottleneck),
-        decoder=decoder,
-        head=_cl(fold_conv(model.head, torch.nn.Identity(), dtype)),
-    )
+    return pack_layers(model, dtype, _cl, up)
 
 
 def _conv_relu(x: torch.Tensor, c: FoldedConv) -> torch.Tensor:
