@@ -26,8 +26,11 @@ from torch import nn
 
 from .. import tracing
 from ..dispatch import compute_dtype
+from ..launch_hints import autotune
 from ..packing import FoldedConv, fold_conv
 from ..weight_checks import check_weights
+from . import self_check
+from .stock import StockBackend
 
 if TYPE_CHECKING:
     from ..model import UNet
@@ -152,8 +155,6 @@ class CudaTritonBackend:
     def __init__(self, fuse_pool: bool = True, cuda_graphs: bool = False,
                  max_graphs: int = 4, self_check: bool | None = None,
                  autotune: bool | None = None) -> None:
-        from .stock import StockBackend
-
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.fuse_pool = fuse_pool
@@ -174,8 +175,6 @@ class CudaTritonBackend:
         )
 
     def forward(self, model: UNet, x: torch.Tensor) -> torch.Tensor:
-        from ..launch_hints import autotune
-
         if self.autotune is None:
             return self._forward(model, x)
         with autotune(self.autotune):
@@ -204,25 +203,20 @@ class CudaTritonBackend:
         return self.fallback.forward(model, x)
 
     def _checking(self, x: torch.Tensor) -> bool:
-        from .self_check import enabled_by_env
-
         if self.self_check is None:
-            return x.is_cuda and enabled_by_env()
+            return x.is_cuda and self_check.enabled_by_env()
         return self.self_check
 
     def _check_key(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool) -> tuple:
         return (x.device, dtype, tf32, self.fuse_pool, model.config)
 
     def _first_check(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool) -> bool:
-        from ..launch_hints import autotune
-        from .self_check import run_check
-
         def kernels(t: torch.Tensor) -> torch.Tensor:
             with autotune(False):  # the check's small shapes are not worth tuning time
                 return self._run(self._packed(model, t, dtype, tf32), t, tf32)
 
         try:
-            verdict = run_check(model, x.device, dtype, kernels)
+            verdict = self_check.run_check(model, x.device, dtype, kernels)
         except torch.OutOfMemoryError:
             raise
         except Exception as e:
