@@ -30,4 +30,15 @@ TORCH_LIBRARY(unet_fast, m) {
   // placement (out = tile) without weight, weighted accumulation (out += tile * weight) with a
   // (th, tw) weight map. Tiles are applied in order, so the result is deterministic.
   m.def("stitch_tiles(Tensor(a!) out, Tensor tiles, Tensor origins, Tensor? weight) -> ()");
+
+  // CPU inference. A 3x3 convolution by Winograd's minimal filtering F(m x m, 3x3), m = 2 or 4,
+  // with bias and an optional ReLU fused, over the virtual input the reference would build: the
+  // channels of `a` then those of `b` (no concatenation is made), `size` = (H, W) of that input,
+  // `offsets` = (a_oy, a_ox, b_oy, b_ox): virtual pixel (y, x) reads a at (y + a_oy, x + a_ox) and
+  // b at (y + b_oy, x + b_ox), zero outside each source (a crop is a positive offset, a pad a
+  // negative one). `weight` and `bias` are packed by unet_fast.winograd.pack. `isa` is "auto",
+  // "avx512" or "portable". Output NHWC (channels_last), in the input's dtype (float or bfloat16).
+  m.def(
+      "winograd_conv3x3(Tensor a, Tensor? b, int[4] offsets, int[2] size, Tensor weight, "
+      "Tensor bias, int out_channels, int padding, int m, bool relu, str isa=\"auto\") -> Tensor");
 }

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from ..dispatch import compute_dtype
 from ..packing import FoldedConv, PackedLayers, pack_layers
-from ..reference import join_skip
 from ..weight_checks import check_weights
+from .cpu_conv3x3 import Conv3x3, Planner, onednn_conv, onednn_pack
 
 if TYPE_CHECKING:
     from ..model import UNet
@@ -32,7 +32,7 @@ _FP16_WARNED = False
 
 @dataclass(frozen=True)
 class PackedConv:
-    """A 3x3 or 1x1 convolution ready for ``mkldnn::_convolution_pointwise``."""
+    """The 1x1 head, ready for ``mkldnn::_convolution_pointwise``."""
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -47,14 +47,18 @@ class PackedUp:
     bias: torch.Tensor
 
 
-PackedUNet = PackedLayers[PackedConv, PackedUp]
+@dataclass(frozen=True)
+class PackedUNet:
+    """The backend's weights: 3x3 layers in every form they may run in, and their plans."""
+
+    layers: PackedLayers[Conv3x3 | PackedConv, PackedUp]
+    planner: Planner
 
 
-def _pack_conv(folded: FoldedConv) -> PackedConv:
-    pad = [folded.padding, folded.padding]
-    weight = torch.ops.mkldnn._reorder_convolution_weight(
-        folded.weight.contiguous(memory_format=_CL), pad, [1, 1], [1, 1], 1, None
-    )
+def _pack_conv(folded: FoldedConv) -> Conv3x3 | PackedConv:
+    if folded.weight.shape[-1] == 3:
+        return Conv3x3(folded)
+    weight, pad = onednn_pack(folded)
     return PackedConv(weight, folded.bias, pad)
 
 
@@ -65,27 +69,11 @@ def pack(model: UNet, dtype: torch.dtype) -> PackedUNet:
     :mod:`unet_fast.weight_checks`).
     """
     check_weights(model)
-    return pack_layers(model, dtype, _pack_conv, lambda up: PackedUp(
+    layers = pack_layers(model, dtype, _pack_conv, lambda up: PackedUp(
         up.weight.detach().to(dtype).contiguous(memory_format=_CL), up.bias.detach().to(dtype)))
-
-
-def _conv(x: torch.Tensor, c: PackedConv, relu: bool) -> torch.Tensor:
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, c.weight, c.bias, c.padding, [1, 1], [1, 1], 1, "relu" if relu else "none", [], None
-    )
-
-
-def _join_skip_nhwc(skip: torch.Tensor, up: torch.Tensor, same: bool) -> torch.Tensor:
-    """The reference's crop/pad + concat, done on NHWC views: one contiguous copy, no layout
-    conversion (aten's cat of channels_last inputs along C takes a slow strided path)."""
-    if up.shape[-2:] != skip.shape[-2:]:
-        if same:
-            up = join_skip(skip[:, :0], up, True)  # zero-pads up to the skip's size
-        else:
-            dh, dw = skip.shape[-2] - up.shape[-2], skip.shape[-1] - up.shape[-1]
-            skip = skip[..., dh // 2 : dh // 2 + up.shape[-2], dw // 2 : dw // 2 + up.shape[-1]]
-    joined = torch.cat([skip.permute(0, 2, 3, 1), up.permute(0, 2, 3, 1)], dim=3)
-    return joined.permute(0, 3, 1, 2)
+    convs = [c for pair in layers.encoder for c in pair] + list(layers.bottleneck)
+    convs += [c for _, c1, c2 in layers.decoder for c in (c1, c2)]
+    return PackedUNet(layers, Planner([c for c in convs if isinstance(c, Conv3x3)]))
 
 
 class CpuOneDNNBackend:
@@ -111,24 +99,27 @@ class CpuOneDNNBackend:
 
     def _forward(self, model: UNet, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         packed: PackedUNet = model.weight_cache.get(model, ("cpu", dtype), lambda: pack(model, dtype))
+        layers = packed.layers
         same = model.config.padding == "same"
         x = x.to(dtype).contiguous(memory_format=_CL)
+        run = packed.planner.start(tuple(x.shape[-2:]))
         skips = []
-        for c1, c2 in packed.encoder:
-            x = _conv(_conv(x, c1, True), c2, True)
+        for c1, c2 in layers.encoder:
+            x = run.conv(c2, run.conv(c1, x))
             skips.append(x)
             x = F.max_pool2d(x, 2)
-        c1, c2 = packed.bottleneck
-        x = _conv(_conv(x, c1, True), c2, True)
-        for (up, c1, c2), skip in zip(packed.decoder, reversed(skips), strict=True):
+        c1, c2 = layers.bottleneck
+        x = run.conv(c2, run.conv(c1, x))
+        for (up, c1, c2), skip in zip(layers.decoder, reversed(skips), strict=True):
             if up is not None:
                 x = F.conv_transpose2d(x, up.weight, up.bias, stride=2)
             else:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-            x = _join_skip_nhwc(skip, x, same)
-            x = _conv(_conv(x, c1, True), c2, True)
+            x = run.conv(c2, run.conv(c1, x, skip=skip, same=same))
+        run.done()
+        head = layers.head
         # NCHW out, like the reference, so callers see no difference in layout
-        return _conv(x, packed.head, False).contiguous()
+        return onednn_conv(x, head.weight, head.bias, head.padding, False).contiguous()
 
 
 def _warn_fp16_once() -> None:

@@ -1,0 +1,175 @@
+// unet_fast::winograd_conv3x3 on the CPU: argument checks, the work split over threads, and the
+// choice between the AVX-512 and the portable build of winograd_kernel.h.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include "winograd_params.h"
+
+namespace unet_fast {
+namespace {
+
+bool cpu_has_avx512(bool bf16) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool base = wino_avx512::compiled() && __builtin_cpu_supports("avx512f") &&
+                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                           __builtin_cpu_supports("avx512vl");
+  static const bool with_bf16 = base && __builtin_cpu_supports("avx512bf16");
+  return bf16 ? with_bf16 : base;
+#else
+  (void)bf16;
+  return false;
+#endif
+}
+
+// Cache budgets of one work item (see the work split below).
+constexpr int64_t kPointBytes = 256 << 10;
+constexpr int64_t kItemBytes = 768 << 10;
+constexpr int64_t kMaxRows = 32 * kWinoRows;
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+void set_source(const at::Tensor& t, int64_t oy, int64_t ox, const void*& base, int64_t& sn,
+                int64_t& sh, int64_t& sw, int64_t& h, int64_t& w, int64_t& c, int64_t& py,
+                int64_t& px) {
+  base = t.const_data_ptr();
+  sn = t.stride(0);
+  sh = t.stride(2);
+  sw = t.stride(3);
+  h = t.size(2);
+  w = t.size(3);
+  c = t.size(1);
+  py = oy;
+  px = ox;
+}
+
+at::Tensor winograd_conv3x3_cpu(const at::Tensor& a_in, const std::optional<at::Tensor>& b_in,
+                                at::IntArrayRef offsets, at::IntArrayRef size,
+                                const at::Tensor& weight, const at::Tensor& bias,
+                                int64_t out_channels, int64_t padding, int64_t m, bool relu,
+                                c10::string_view isa) {
+  TORCH_CHECK(m == 2 || m == 4, "winograd_conv3x3: m (output tile) must be 2 or 4, got ", m);
+  TORCH_CHECK(padding == 0 || padding == 1, "winograd_conv3x3: padding must be 0 or 1, got ",
+              padding);
+  TORCH_CHECK(offsets.size() == 4 && size.size() == 2,
+              "winograd_conv3x3: offsets must be (a_oy, a_ox, b_oy, b_ox) and size (H, W)");
+  TORCH_CHECK(a_in.dim() == 4, "winograd_conv3x3: input must be 4-D (N, C, H, W), got shape ",
+              a_in.sizes());
+  const auto dtype = a_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
+              "winograd_conv3x3: input must be float32 or bfloat16, got ", dtype);
+  TORCH_CHECK(weight.scalar_type() == dtype, "winograd_conv3x3: weight is ", weight.scalar_type(),
+              " but the input is ", dtype);
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.dim() == 1 && bias.is_contiguous(),
+              "winograd_conv3x3: bias must be a contiguous float32 vector");
+  const std::string isa_s(isa);
+  TORCH_CHECK(isa_s == "auto" || isa_s == "avx512" || isa_s == "portable",
+              "winograd_conv3x3: isa must be 'auto', 'avx512' or 'portable', got '", isa_s, "'");
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor a = a_in.contiguous(cl);
+  at::Tensor b;
+  int64_t b_c = 0;
+  if (b_in.has_value()) {
+    TORCH_CHECK(b_in->dim() == 4 && b_in->size(0) == a.size(0) && b_in->scalar_type() == dtype,
+                "winograd_conv3x3: the second input must be 4-D with the first's batch size and "
+                "dtype, got shape ", b_in->sizes(), " and ", b_in->scalar_type());
+    b = b_in->contiguous(cl);
+    b_c = b.size(1);
+  }
+  const int64_t alpha = m + 2, points = alpha * alpha;
+  const int64_t cin = a.size(1) + b_c, kp = (cin + 15) / 16 * 16;
+  const int64_t ncob = (out_channels + 31) / 32;
+  TORCH_CHECK(out_channels >= 1 && bias.numel() == ncob * 32,
+              "winograd_conv3x3: bias must hold out_channels rounded up to 32 (", ncob * 32,
+              "), got ", bias.numel());
+  TORCH_CHECK(weight.is_contiguous() && weight.numel() == points * ncob * kp * 32,
+              "winograd_conv3x3: weight is not packed for F(", m, "x", m, ", 3x3) with ", cin,
+              " input and ", out_channels, " output channels (expected ", points * ncob * kp * 32,
+              " contiguous elements, got ", weight.numel(), ")");
+  const int64_t vh = size[0], vw = size[1];
+  const int64_t oh = vh + 2 * padding - 2, ow = vw + 2 * padding - 2;
+  TORCH_CHECK(oh >= 1 && ow >= 1, "winograd_conv3x3: input size ", vh, "x", vw,
+              " is too small for a 3x3 convolution with padding ", padding);
+  const int64_t batch = a.size(0);
+  at::Tensor out = at::empty({batch, out_channels, oh, ow}, a.options().memory_format(cl));
+  if (batch == 0) return out;
+
+  WinoParams prm{};
+  prm.m = static_cast<int>(m);
+  prm.bf16 = dtype == at::kBFloat16;
+  prm.relu = relu;
+  prm.padding = padding;
+  prm.vh = vh;
+  prm.vw = vw;
+  prm.oh = oh;
+  prm.ow = ow;
+  prm.tiles_y = (oh + m - 1) / m;
+  prm.tiles_x = (ow + m - 1) / m;
+  prm.kp = kp;
+  prm.cout = out_channels;
+  set_source(a, offsets[0], offsets[1], prm.a, prm.a_sn, prm.a_sh, prm.a_sw, prm.a_h, prm.a_w,
+             prm.a_c, prm.a_oy, prm.a_ox);
+  if (b.defined()) {
+    set_source(b, offsets[2], offsets[3], prm.b, prm.b_sn, prm.b_sh, prm.b_sw, prm.b_h, prm.b_w,
+               prm.b_c, prm.b_oy, prm.b_ox);
+  }
+  prm.u = weight.const_data_ptr();
+  prm.bias = bias.const_data_ptr<float>();
+  prm.out = out.mutable_data_ptr();
+  prm.out_sn = out.stride(0);
+  prm.out_sh = out.stride(2);
+  prm.out_sw = out.stride(3);
+
+  const bool avx = isa_s == "avx512" || (isa_s == "auto" && cpu_has_avx512(prm.bf16));
+  TORCH_CHECK(!avx || cpu_has_avx512(prm.bf16), "winograd_conv3x3: isa='avx512' but this CPU (or "
+              "build) lacks AVX-512", prm.bf16 ? " with AVX512-BF16" : "");
+  auto run = avx ? wino_avx512::run_work_item : wino_portable::run_work_item;
+
+  // Work items: chunks of tiles x groups of output-channel blocks. A chunk's rows are bounded
+  // so its transformed input and GEMM results (points x rows x (Kp + Cout)) stay in L2 (768 KiB
+  // measured best on the 2-core machine against 0.25-8 MiB) and one point's transformed input
+  // within 256 KiB; more rows would reuse each weight panel more but spill to L3. There must be at least two items per thread (each output-channel
+  // group transforms its chunk's input again, cheap next to the GEMMs when Cout is large).
+  const int64_t ntiles = batch * prm.tiles_y * prm.tiles_x;
+  const int64_t esize = prm.bf16 ? 2 : 4;
+  int64_t rows = std::min({kPointBytes / (kp * esize),
+                           kItemBytes / (points * (ncob * 32 * 4 + kp * esize)), kMaxRows});
+  rows = std::max<int64_t>(rows / kWinoRows * kWinoRows, 2 * kWinoRows);
+  const int64_t threads = at::get_num_threads();
+  int64_t nchunks = (ntiles + rows - 1) / rows;
+  if (nchunks < 2 * threads && ncob < 2 * threads) {  // too few output blocks to share: split tiles
+    nchunks = std::min<int64_t>(2 * threads, (ntiles + kWinoRows - 1) / kWinoRows);
+  }
+  rows = ((ntiles + nchunks - 1) / nchunks + kWinoRows - 1) / kWinoRows * kWinoRows;
+  nchunks = (ntiles + rows - 1) / rows;
+  int64_t groups = 1;
+  if (nchunks < 2 * threads) groups = std::min<int64_t>(ncob, (2 * threads + nchunks - 1) / nchunks);
+  const int64_t items = nchunks * groups;
+  const int64_t scratch = wino_scratch_bytes(prm, rows, (ncob + groups - 1) / groups);
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<void, FreeDeleter> buf(std::aligned_alloc(64, (scratch + 63) / 64 * 64));
+    TORCH_CHECK(buf, "winograd_conv3x3: out of memory for ", scratch, " bytes of scratch");
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t chunk = item / groups, group = item % groups;
+      const int64_t t0 = chunk * rows, t1 = std::min(ntiles, t0 + rows);
+      const int64_t c0 = group * ncob / groups, c1 = (group + 1) * ncob / groups;
+      if (t0 < t1 && c0 < c1) run(prm, t0, t1, c0, c1, buf.get());
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(unet_fast, CPU, m) {
+  m.impl("winograd_conv3x3", &winograd_conv3x3_cpu);
+}
+
+}  // namespace unet_fast

@@ -1,0 +1,413 @@
+// Winograd F(m x m, 3x3) convolution, one work item at a time: the input transform of a chunk of
+// output tiles, the 36 (or 16) per-point GEMMs against the transformed weights, and the output
+// transform with bias + ReLU, all on buffers sized for one core's cache, so no full transformed
+// tensor is ever written.
+//
+// This header is compiled twice, by winograd_avx512.cpp (AVX-512 + AVX512-BF16 enabled for that
+// file only) and winograd_portable.cpp (the compiler's default target). Each defines
+// UNET_FAST_WINO_NS first, so the two instantiations get different symbols (the linker must never
+// pick an AVX-512 copy for the portable path). It includes no torch header for the same reason:
+// torch's inline functions compiled with AVX-512 enabled could be chosen for the whole library.
+//
+// Layouts (see winograd_cpu.cpp and unet_fast/winograd.py, which packs the weights):
+//   sources  NHWC, channel stride 1, float or bfloat16 (uint16 bits);
+//   V        [P][T][Kp]      transformed input of one chunk (P = alpha^2 points, T tiles);
+//   U        [P][ncob][Kp][32] float, or [P][ncob][Kp/2][32][2] bf16: transformed weights;
+//   M        [C][T][P][32]   GEMM results of the item's C blocks of 32 output channels;
+//   output   NHWC, float or bf16.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "winograd_params.h"
+
+#ifndef UNET_FAST_WINO_NS
+#error "define UNET_FAST_WINO_NS before including winograd_kernel.h"
+#endif
+
+namespace unet_fast {
+namespace UNET_FAST_WINO_NS {
+
+typedef float vf __attribute__((vector_size(64)));
+typedef float vf_u __attribute__((vector_size(64), aligned(4)));  // unaligned access
+typedef uint16_t vh_u __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+
+static inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
+static inline void store(float* p, vf v) { *reinterpret_cast<vf_u*>(p) = v; }
+static inline vf splat(float s) {
+#if defined(UNET_FAST_WINO_AVX512)
+  return (vf)_mm512_set1_ps(s);
+#else
+  vf v;
+  for (int i = 0; i < 16; ++i) v[i] = s;
+  return v;
+#endif
+}
+
+static inline vf fmadd(vf a, vf b, vf c) {
+#if defined(UNET_FAST_WINO_AVX512)
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#else
+  return a * b + c;
+#endif
+}
+
+static inline vf bf16_to_f32(const uint16_t* p) {
+  vh_u h = *reinterpret_cast<const vh_u*>(p);
+  vu w = __builtin_convertvector(h, vu) << 16;
+  return (vf)w;
+}
+
+// Round to nearest even, NaN kept quiet (as torch's float -> bfloat16 conversion does).
+static inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+static inline void store_bf16(uint16_t* p, vf v) {
+#if defined(UNET_FAST_WINO_AVX512)
+  __m256bh h = _mm512_cvtneps_pbh((__m512)v);
+  std::memcpy(p, &h, 32);
+#else
+  for (int i = 0; i < kLanes; ++i) p[i] = f32_to_bf16(v[i]);
+#endif
+}
+
+static inline vf relu(vf v) { return v > 0.0f ? v : 0.0f; }
+
+// ---------------------------------------------------------------------------------------------
+// 1-D transforms of 6 (or 4) values. Each is written out by hand: the compiler may not drop
+// multiplications by 0 or 1 of floats (NaN/Inf semantics), and the shared subexpressions of
+// B^T halve the work.
+
+template <int M>
+struct Transform;
+
+template <>
+struct Transform<4> {  // F(4x4, 3x3), interpolation points 0, +-1, +-2, inf
+  static constexpr int kAlpha = 6;
+  static inline void input(const vf* d, vf* r) {  // r = B^T d
+    const vf a = d[4] - 4.0f * d[2], b = d[3] - 4.0f * d[1];
+    const vf c = d[4] - d[2], e = 2.0f * (d[3] - d[1]);
+    r[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+    r[1] = a + b;
+    r[2] = a - b;
+    r[3] = c + e;
+    r[4] = c - e;
+    r[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+  }
+  static inline void output(const vf* m, vf* o) {  // o = A^T m
+    const vf s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+    o[0] = m[0] + s12 + s34;
+    o[1] = d12 + 2.0f * d34;
+    o[2] = s12 + 4.0f * s34;
+    o[3] = d12 + 8.0f * d34 + m[5];
+  }
+};
+
+template <>
+struct Transform<2> {  // F(2x2, 3x3), points 0, +-1, inf
+  static constexpr int kAlpha = 4;
+  static inline void input(const vf* d, vf* r) {
+    r[0] = d[0] - d[2];
+    r[1] = d[1] + d[2];
+    r[2] = d[2] - d[1];
+    r[3] = d[1] - d[3];
+  }
+  static inline void output(const vf* m, vf* o) {
+    o[0] = m[0] + m[1] + m[2];
+    o[1] = m[1] - m[2] - m[3];
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Input side: 16 channels of one pixel of the virtual (concatenated, zero-padded) input.
+
+template <typename T>
+struct Source {
+  const T* base;  // pixel (0, 0) of this image
+  int64_t sh, sw;  // strides of H and W in elements
+  int64_t h, w, c;  // size; channels
+  int64_t oy, ox;  // virtual (y, x) reads source (y + oy, x + ox)
+  int64_t cstart;  // first virtual channel of this source
+};
+
+template <typename T>
+static inline vf load_lanes(const T* p) {
+  if constexpr (sizeof(T) == 4) {
+    return load(reinterpret_cast<const float*>(p));
+  } else {
+    return bf16_to_f32(reinterpret_cast<const uint16_t*>(p));
+  }
+}
+
+template <typename T>
+static inline float load_one(const T* p) {
+  if constexpr (sizeof(T) == 4) {
+    return *reinterpret_cast<const float*>(p);
+  } else {
+    uint32_t u = static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(p)) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+}
+
+// Channels [k0, k0 + 16) of a pixel whose source pixels are pa/pb (nullptr: zero there).
+template <typename T>
+static inline vf gather_lanes(const Source<T>& a, const Source<T>& b, const T* pa, const T* pb,
+                              int64_t k0) {
+  if (pa && k0 + kLanes <= a.c) return load_lanes(pa + k0);
+  if (pb && k0 >= b.cstart && k0 + kLanes <= b.cstart + b.c) return load_lanes(pb + (k0 - b.cstart));
+  vf v = vf{};
+  for (int i = 0; i < kLanes; ++i) {
+    const int64_t k = k0 + i;
+    if (k < a.c) {
+      if (pa) v[i] = load_one(pa + k);
+    } else if (k < b.cstart + b.c) {
+      if (pb) v[i] = load_one(pb + (k - b.cstart));
+    }
+  }
+  return v;
+}
+
+// V[p][row][:] for the tile whose top-left output pixel is (ty0, tx0) of image `n`.
+template <int M, typename T, typename VT>
+static void input_tile(const WinoParams& prm, const Source<T>& a0, const Source<T>& b0, int64_t n,
+                       int64_t ty0, int64_t tx0, VT* V, int64_t row, int64_t rows) {
+  constexpr int A = Transform<M>::kAlpha;
+  Source<T> a = a0, b = b0;
+  a.base += n * prm.a_sn;
+  if (b.base) b.base += n * prm.b_sn;
+  const T* pa[A][A];
+  const T* pb[A][A];
+  for (int i = 0; i < A; ++i) {
+    const int64_t vy = ty0 - prm.padding + i;
+    for (int j = 0; j < A; ++j) {
+      const int64_t vx = tx0 - prm.padding + j;
+      pa[i][j] = pb[i][j] = nullptr;
+      if (vy < 0 || vy >= prm.vh || vx < 0 || vx >= prm.vw) continue;
+      const int64_t ay = vy + a.oy, ax = vx + a.ox;
+      if (ay >= 0 && ay < a.h && ax >= 0 && ax < a.w) pa[i][j] = a.base + ay * a.sh + ax * a.sw;
+      if (b.base) {
+        const int64_t by = vy + b.oy, bx = vx + b.ox;
+        if (by >= 0 && by < b.h && bx >= 0 && bx < b.w) pb[i][j] = b.base + by * b.sh + bx * b.sw;
+      }
+    }
+  }
+  const int64_t Kp = prm.kp, plane = rows * Kp;
+  for (int64_t k0 = 0; k0 < Kp; k0 += kLanes) {
+    vf d[A][A], t[A][A];
+    for (int i = 0; i < A; ++i)
+      for (int j = 0; j < A; ++j) d[i][j] = gather_lanes(a, b, pa[i][j], pb[i][j], k0);
+    for (int j = 0; j < A; ++j) {  // columns: t[:, j] = B^T d[:, j]
+      vf col[A], r[A];
+      for (int i = 0; i < A; ++i) col[i] = d[i][j];
+      Transform<M>::input(col, r);
+      for (int i = 0; i < A; ++i) t[i][j] = r[i];
+    }
+    for (int i = 0; i < A; ++i) {  // rows: V[i, :] = t[i, :] B
+      vf r[A];
+      Transform<M>::input(t[i], r);
+      for (int j = 0; j < A; ++j) {
+        VT* dst = V + (i * A + j) * plane + row * Kp + k0;
+        if constexpr (sizeof(VT) == 4) {
+          store(reinterpret_cast<float*>(dst), r[j]);
+        } else {
+          store_bf16(reinterpret_cast<uint16_t*>(dst), r[j]);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM micro-kernels: C[R][32] = sum_k A[r][k] * B[k][32]; A rows `lda` apart, C rows `ldc`.
+
+template <int R>
+static inline void gemm_f32(const float* A, int64_t lda, const float* B, int64_t K, float* C,
+                            int64_t ldc) {
+  vf acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = vf{};
+  for (int64_t k = 0; k < K; ++k) {
+    const vf b0 = load(B + k * 32), b1 = load(B + k * 32 + 16);
+    for (int r = 0; r < R; ++r) {
+      const vf av = splat(A[r * lda + k]);
+      acc0[r] = fmadd(av, b0, acc0[r]);
+      acc1[r] = fmadd(av, b1, acc1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    store(C + r * ldc, acc0[r]);
+    store(C + r * ldc + 16, acc1[r]);
+  }
+}
+
+// bf16 operands: A rows hold channel pairs (k, k+1) next to each other, B is [K/2][32][2].
+template <int R>
+static inline void gemm_bf16(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t K,
+                             float* C, int64_t ldc) {
+  vf acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = vf{};
+  for (int64_t k = 0; k < K; k += 2) {
+    const uint16_t* bk = B + k * 32;
+#if defined(UNET_FAST_WINO_AVX512)
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bk), b1 = (__m512bh)_mm512_loadu_si512(bk + 32);
+    for (int r = 0; r < R; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, A + r * lda + k, 4);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+      acc0[r] = (vf)_mm512_dpbf16_ps((__m512)acc0[r], av, b0);
+      acc1[r] = (vf)_mm512_dpbf16_ps((__m512)acc1[r], av, b1);
+    }
+#else
+    // Same sum as vdpbf16ps (exact products, fp32 accumulation), pair by pair.
+    vf be0, bo0, be1, bo1;
+    for (int i = 0; i < kLanes; ++i) {
+      be0[i] = load_one(bk + 2 * i);
+      bo0[i] = load_one(bk + 2 * i + 1);
+      be1[i] = load_one(bk + 32 + 2 * i);
+      bo1[i] = load_one(bk + 32 + 2 * i + 1);
+    }
+    for (int r = 0; r < R; ++r) {
+      const vf ae = splat(load_one(A + r * lda + k)), ao = splat(load_one(A + r * lda + k + 1));
+      acc0[r] = fmadd(ao, bo0, fmadd(ae, be0, acc0[r]));
+      acc1[r] = fmadd(ao, bo1, fmadd(ae, be1, acc1[r]));
+    }
+#endif
+  }
+  for (int r = 0; r < R; ++r) {
+    store(C + r * ldc, acc0[r]);
+    store(C + r * ldc + 16, acc1[r]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output side.
+
+template <int M, typename T>
+static void output_tile(const WinoParams& prm, const float* Mbuf, int64_t row, int64_t rows,
+                        int64_t cob, T* out, int64_t n, int64_t ty0, int64_t tx0) {
+  constexpr int A = Transform<M>::kAlpha;
+  (void)rows;
+  const float* Mrow = Mbuf + row * (A * A * 32);
+  const int64_t co_base = cob * 32;
+  for (int half = 0; half < 2; ++half) {
+    const int64_t co0 = co_base + half * kLanes;
+    if (co0 >= prm.cout) break;
+    vf t[M][A];
+    for (int j = 0; j < A; ++j) {  // columns: t[:, j] = A^T m[:, j]
+      vf col[A], o[M];
+      for (int i = 0; i < A; ++i) col[i] = load(Mrow + (i * A + j) * 32 + half * kLanes);
+      Transform<M>::output(col, o);
+      for (int i = 0; i < M; ++i) t[i][j] = o[i];
+    }
+    const vf bias = load(prm.bias + co0);  // bias is padded to a multiple of 32
+    const int64_t nlanes = prm.cout - co0 < kLanes ? prm.cout - co0 : kLanes;
+    for (int i = 0; i < M; ++i) {
+      const int64_t y = ty0 + i;
+      if (y >= prm.oh) break;
+      vf o[M];
+      Transform<M>::output(t[i], o);
+      for (int j = 0; j < M; ++j) {
+        const int64_t x = tx0 + j;
+        if (x >= prm.ow) break;
+        vf v = o[j] + bias;
+        if (prm.relu) v = relu(v);
+        T* dst = out + n * prm.out_sn + y * prm.out_sh + x * prm.out_sw + co0;
+        if (nlanes == kLanes) {
+          if constexpr (sizeof(T) == 4) {
+            store(reinterpret_cast<float*>(dst), v);
+          } else {
+            store_bf16(reinterpret_cast<uint16_t*>(dst), v);
+          }
+        } else {
+          for (int64_t l = 0; l < nlanes; ++l) {
+            if constexpr (sizeof(T) == 4) {
+              reinterpret_cast<float*>(dst)[l] = v[l];
+            } else {
+              reinterpret_cast<uint16_t*>(dst)[l] = f32_to_bf16(v[l]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One work item: tiles [t_begin, t_end) of the flattened (n, tile_y, tile_x) grid, output-channel
+// blocks [cob_begin, cob_end). `scratch` holds V then M (sizes from scratch_floats()).
+
+constexpr int kRows = kWinoRows;  // GEMM rows (tiles) per micro-kernel call: 24 of 32 zmm accumulate
+
+template <int M, typename T>
+static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int64_t cob_begin,
+                     int64_t cob_end, void* scratch) {
+  constexpr int A = Transform<M>::kAlpha;
+  constexpr int P = A * A;
+  using VT = T;  // transformed input stored in the compute dtype (bf16 operands, fp32 otherwise)
+  const int64_t rows = (t_end - t_begin + kRows - 1) / kRows * kRows;
+  const int64_t Kp = prm.kp, ncob = (prm.cout + 31) / 32, nc = cob_end - cob_begin;
+  VT* V = static_cast<VT*>(scratch);
+  float* Mbuf = reinterpret_cast<float*>(static_cast<char*>(scratch) +
+                                         ((P * rows * Kp * sizeof(VT) + 63) / 64) * 64);
+  const Source<T> a{static_cast<const T*>(prm.a), prm.a_sh, prm.a_sw, prm.a_h, prm.a_w,
+                    prm.a_c, prm.a_oy, prm.a_ox, 0};
+  const Source<T> b{static_cast<const T*>(prm.b), prm.b_sh, prm.b_sw, prm.b_h, prm.b_w,
+                    prm.b_c, prm.b_oy, prm.b_ox, prm.a_c};
+  const int64_t per_image = prm.tiles_y * prm.tiles_x;
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t n = t / per_image, r = t % per_image;
+    input_tile<M>(prm, a, b, n, (r / prm.tiles_x) * M, (r % prm.tiles_x) * M, V, t - t_begin, rows);
+  }
+  for (int64_t row = t_end - t_begin; row < rows; ++row)  // padding rows of the last micro-tile
+    for (int p = 0; p < P; ++p) std::memset(V + (p * rows + row) * Kp, 0, Kp * sizeof(VT));
+  // Point-major: one point's transformed input (rows x Kp) stays in L2 while every block of
+  // output channels multiplies it, and each block's weights (Kp x 32) stay in L1 over all rows.
+  for (int p = 0; p < P; ++p) {
+    const VT* Vp = V + p * rows * Kp;
+    for (int64_t c = 0; c < nc; ++c) {
+      float* Mp = Mbuf + c * rows * P * 32 + p * 32;
+      const VT* U = static_cast<const VT*>(prm.u) + (p * ncob + cob_begin + c) * Kp * 32;
+      for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+        if constexpr (sizeof(T) == 4) {
+          gemm_f32<kRows>(reinterpret_cast<const float*>(Vp) + r0 * Kp, Kp,
+                          reinterpret_cast<const float*>(U), Kp, Mp + r0 * P * 32, P * 32);
+        } else {
+          gemm_bf16<kRows>(reinterpret_cast<const uint16_t*>(Vp) + r0 * Kp, Kp,
+                           reinterpret_cast<const uint16_t*>(U), Kp, Mp + r0 * P * 32, P * 32);
+        }
+      }
+    }
+  }
+  for (int64_t c = 0; c < nc; ++c) {
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t n = t / per_image, r = t % per_image;
+      output_tile<M>(prm, Mbuf + c * P * rows * 32, t - t_begin, rows, cob_begin + c,
+                     static_cast<T*>(prm.out), n, (r / prm.tiles_x) * M, (r % prm.tiles_x) * M);
+    }
+  }
+}
+
+// The entry point of this instantiation (declared in winograd_params.h).
+void run_work_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int64_t cob_begin,
+                   int64_t cob_end, void* scratch) {
+  const bool bf16 = prm.bf16;
+  if (prm.m == 4) {
+    if (bf16) run_item<4, uint16_t>(prm, t_begin, t_end, cob_begin, cob_end, scratch);
+    else run_item<4, float>(prm, t_begin, t_end, cob_begin, cob_end, scratch);
+  } else {
+    if (bf16) run_item<2, uint16_t>(prm, t_begin, t_end, cob_begin, cob_end, scratch);
+    else run_item<2, float>(prm, t_begin, t_end, cob_begin, cob_end, scratch);
+  }
+}
+
+}  // namespace UNET_FAST_WINO_NS
+}  // namespace unet_fast

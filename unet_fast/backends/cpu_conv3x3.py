@@ -1,0 +1,182 @@
+"""The CPU backend's 3x3 convolutions: direct (oneDNN) or Winograd, chosen per layer by time.
+
+Every 3x3 layer can run as a direct oneDNN convolution or as one of the project's Winograd
+kernels (:mod:`unet_fast.winograd`, F(4x4, 3x3) and F(2x2, 3x3)). Which is fastest depends on the
+layer's channels, its spatial size and the machine, so the backend measures it: the first forward
+at a new input size times each candidate on that layer's real input (after building its weights,
+which is not timed) and keeps the fastest, layer by layer; the plan is cached beside the packed
+weights and dropped with them when the weights change. Forms no plan uses are freed, so only the
+chosen packed weights stay in memory (plus the folded weights a later new size may need to build
+another form).
+
+``UNET_FAST_CPU_CONV`` overrides the measurement: ``direct``, ``winograd`` (F(4x4) wherever it
+applies), ``winograd2`` (F(2x2)), or ``auto`` (the default).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from .. import winograd
+from ..packing import FoldedConv
+from ..reference import join_skip
+
+DIRECT, WINOGRAD4, WINOGRAD2 = "direct", "winograd4", "winograd2"
+_FORCED = {"direct": DIRECT, "winograd": WINOGRAD4, "winograd2": WINOGRAD2}
+_CL = torch.channels_last
+# Below these, Winograd's padded channel blocks (16 in, 32 out) would mostly multiply zeros.
+_MIN_WINOGRAD_IN, _MIN_WINOGRAD_OUT = 8, 8
+
+
+def forced_tactic() -> str | None:
+    """The tactic ``UNET_FAST_CPU_CONV`` forces, or None for measuring (``auto``)."""
+    value = os.environ.get("UNET_FAST_CPU_CONV", "auto").strip().lower()
+    if value == "auto":
+        return None
+    if value not in _FORCED:
+        raise ValueError(f"UNET_FAST_CPU_CONV must be one of auto, {', '.join(_FORCED)}; got {value!r}")
+    return _FORCED[value]
+
+
+def join_skip_nhwc(skip: torch.Tensor, up: torch.Tensor, same: bool) -> torch.Tensor:
+    """The reference's crop/pad + concat, done on NHWC views: one contiguous copy, no layout
+    conversion (aten's cat of channels_last inputs along C takes a slow strided path)."""
+    if up.shape[-2:] != skip.shape[-2:]:
+        if same:
+            up = join_skip(skip[:, :0], up, True)  # zero-pads up to the skip's size
+        else:
+            dh, dw = skip.shape[-2] - up.shape[-2], skip.shape[-1] - up.shape[-1]
+            skip = skip[..., dh // 2 : dh // 2 + up.shape[-2], dw // 2 : dw // 2 + up.shape[-1]]
+    joined = torch.cat([skip.permute(0, 2, 3, 1), up.permute(0, 2, 3, 1)], dim=3)
+    return joined.permute(0, 3, 1, 2)
+
+
+def onednn_pack(folded: FoldedConv) -> tuple[torch.Tensor, list[int]]:
+    """``folded``'s weight reordered once into oneDNN's blocked layout, and its padding."""
+    pad = [folded.padding, folded.padding]
+    weight = torch.ops.mkldnn._reorder_convolution_weight(
+        folded.weight.contiguous(memory_format=_CL), pad, [1, 1], [1, 1], 1, None)
+    return weight, pad
+
+
+def onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: list[int],
+                relu: bool) -> torch.Tensor:
+    """A prepacked oneDNN convolution with bias and optional ReLU fused."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, weight, bias, padding, [1, 1], [1, 1], 1, "relu" if relu else "none", [], None)
+
+
+class Conv3x3:
+    """One 3x3 layer in every form the backend may run it in (built on first use)."""
+
+    def __init__(self, folded: FoldedConv) -> None:
+        self.folded = folded
+        self.in_channels = folded.weight.shape[1]
+        self.out_channels = folded.weight.shape[0]
+        self._forms: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def candidates(self) -> list[str]:
+        """The tactics this layer can run with."""
+        wino = (self.folded.weight.dtype in (torch.float32, torch.bfloat16)
+                and self.in_channels >= _MIN_WINOGRAD_IN and self.out_channels >= _MIN_WINOGRAD_OUT)
+        return [DIRECT, WINOGRAD4, WINOGRAD2] if wino else [DIRECT]
+
+    def form(self, tactic: str) -> object:
+        """The packed weights of ``tactic``, built the first time they are asked for."""
+        with self._lock:
+            packed = self._forms.get(tactic)
+            if packed is None:
+                f = self.folded
+                if tactic == DIRECT:
+                    packed = onednn_pack(f)
+                else:
+                    packed = winograd.pack(f.weight, f.bias, f.padding, 4 if tactic == WINOGRAD4 else 2,
+                                           f.weight.dtype)
+                self._forms[tactic] = packed
+            return packed
+
+    def keep_only(self, tactics: set[str]) -> None:
+        """Free the packed weights of every other tactic."""
+        with self._lock:
+            for t in [t for t in self._forms if t not in tactics]:
+                del self._forms[t]
+
+    def run(self, tactic: str, x: torch.Tensor, relu: bool, skip: torch.Tensor | None = None,
+            same: bool = False) -> torch.Tensor:
+        """``relu(conv(x))``; with ``skip``, of ``join_skip(skip, x, same)``. NHWC out."""
+        packed = self.form(tactic)
+        if tactic == DIRECT:
+            if skip is not None:
+                x = join_skip_nhwc(skip, x, same)
+            weight, pad = packed
+            return onednn_conv(x, weight, self.folded.bias, pad, relu)
+        return winograd.conv3x3(x, packed, relu, skip=skip, same=same)
+
+
+def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor]) -> tuple[str, torch.Tensor]:
+    """Time ``run(tactic)`` for each of ``layer``'s candidates (best of two runs after building
+    the weights) and return the fastest tactic with its output."""
+    best: tuple[float, str, torch.Tensor] | None = None
+    for tactic in layer.candidates():
+        layer.form(tactic)
+        for _ in range(2):
+            start = time.perf_counter()
+            out = run(tactic)
+            seconds = time.perf_counter() - start
+            if best is None or seconds < best[0]:
+                best = (seconds, tactic, out)
+    assert best is not None
+    return best[1], best[2]
+
+
+class Planner:
+    """Runs a forward's 3x3 layers by a cached per-input-size plan, measuring it the first time.
+
+    ``plans`` maps an input size to the tactic of each 3x3 layer in forward order.
+    """
+
+    def __init__(self, layers: list[Conv3x3]) -> None:
+        self.layers = layers
+        self.plans: dict[tuple[int, ...], list[str]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: tuple[int, ...]) -> _PlannedForward:
+        forced = forced_tactic()
+        return _PlannedForward(self, key, None if forced is not None else self.plans.get(key), forced)
+
+    def finish(self, key: tuple[int, ...], plan: list[str]) -> None:
+        with self._lock:
+            self.plans[key] = plan
+            for i, layer in enumerate(self.layers):
+                layer.keep_only({p[i] for p in self.plans.values()})
+
+
+class _PlannedForward:
+    def __init__(self, planner: Planner, key: tuple[int, ...], plan: list[str] | None,
+                 forced: str | None) -> None:
+        self.planner, self.key, self.plan, self.forced = planner, key, plan, forced
+        self.measured: list[str] = []
+        self.index = 0
+
+    def conv(self, layer: Conv3x3, x: torch.Tensor, relu: bool = True,
+             skip: torch.Tensor | None = None, same: bool = False) -> torch.Tensor:
+        i = self.index
+        self.index += 1
+        if self.forced is not None:
+            tactic = self.forced if self.forced in layer.candidates() else DIRECT
+            return layer.run(tactic, x, relu, skip, same)
+        if self.plan is not None:
+            return layer.run(self.plan[i], x, relu, skip, same)
+        tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same))
+        self.measured.append(tactic)
+        return out
+
+    def done(self) -> None:
+        if self.plan is None and self.forced is None:
+            self.planner.finish(self.key, self.measured)
