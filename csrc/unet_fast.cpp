@@ -40,5 +40,5 @@ TORCH_LIBRARY(unet_fast, m) {
   // "avx512" or "portable". Output NHWC (channels_last), in the input's dtype (float or bfloat16).
   m.def(
       "winograd_conv3x3(Tensor a, Tensor? b, int[4] offsets, int[2] size, Tensor weight, "
-      "Tensor bias, int out_channels, int padding, int m, bool relu, str isa=\"auto\") -> Tensor");
+      "Tensor bias, int in_channels, int out_channels, int padding, int m, bool relu, str isa=\"auto\") -> Tensor");
 }

@@ -14,6 +14,7 @@ the CPU backend picks per layer by measured time (see ``unet_fast.backends.cpu_o
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -87,11 +88,22 @@ def conv3x3(x: torch.Tensor, conv: WinogradConv, relu: bool, *, skip: torch.Tens
     op = torch.ops.unet_fast.winograd_conv3x3
     if skip is None:
         return op(x, None, [0, 0, 0, 0], list(x.shape[-2:]), conv.weight, conv.bias,
-                  conv.out_channels, conv.padding, conv.m, relu, isa)
+                  conv.in_channels, conv.out_channels, conv.padding, conv.m, relu, isa)
     dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
     if same:  # up is zero-padded to the skip's size (bottom/right get the odd pixel)
         size, offsets = list(skip.shape[-2:]), [0, 0, -(dh // 2), -(dw // 2)]
     else:  # skip is center-cropped to up's size
         size, offsets = list(x.shape[-2:]), [dh // 2, dw // 2, 0, 0]
-    return op(skip, x, offsets, size, conv.weight, conv.bias, conv.out_channels, conv.padding,
+    return op(skip, x, offsets, size, conv.weight, conv.bias, conv.in_channels, conv.out_channels, conv.padding,
               conv.m, relu, isa)
+
+
+@functools.cache
+def isa_supported(isa: str, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether ``isa`` ("avx512" or "portable") can run ``dtype`` on this CPU and build."""
+    conv = pack(torch.zeros(1, 1, 3, 3), torch.zeros(1), 0, 2, dtype)
+    try:
+        conv3x3(torch.zeros(1, 1, 3, 3, dtype=dtype), conv, False, isa=isa)
+    except RuntimeError:
+        return False
+    return True

@@ -53,7 +53,7 @@ void set_source(const at::Tensor& t, int64_t oy, int64_t ox, const void*& base, 
 at::Tensor winograd_conv3x3_cpu(const at::Tensor& a_in, const std::optional<at::Tensor>& b_in,
                                 at::IntArrayRef offsets, at::IntArrayRef size,
                                 const at::Tensor& weight, const at::Tensor& bias,
-                                int64_t out_channels, int64_t padding, int64_t m, bool relu,
+                                int64_t in_channels, int64_t out_channels, int64_t padding, int64_t m, bool relu,
                                 c10::string_view isa) {
   TORCH_CHECK(m == 2 || m == 4, "winograd_conv3x3: m (output tile) must be 2 or 4, got ", m);
   TORCH_CHECK(padding == 0 || padding == 1, "winograd_conv3x3: padding must be 0 or 1, got ",
@@ -85,6 +85,9 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& a_in, const std::optional<at::
   }
   const int64_t alpha = m + 2, points = alpha * alpha;
   const int64_t cin = a.size(1) + b_c, kp = (cin + 15) / 16 * 16;
+  TORCH_CHECK(cin == in_channels, "winograd_conv3x3: the weight is packed for ", in_channels,
+              " input channels but the input has ", cin,
+              b_c ? " (the two inputs together)" : "");
   const int64_t ncob = (out_channels + 31) / 32;
   TORCH_CHECK(out_channels >= 1 && bias.numel() == ncob * 32,
               "winograd_conv3x3: bias must hold out_channels rounded up to 32 (", ncob * 32,

@@ -9,8 +9,10 @@ weights and dropped with them when the weights change. Forms no plan uses are fr
 chosen packed weights stay in memory (plus the folded weights a later new size may need to build
 another form).
 
-``UNET_FAST_CPU_CONV`` overrides the measurement: ``direct``, ``winograd`` (F(4x4) wherever it
-applies), ``winograd2`` (F(2x2)), or ``auto`` (the default).
+``UNET_FAST_CPU_CONV`` overrides the measurement: ``direct``, ``winograd`` (F(4x4) in float32,
+F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels), ``winograd2``
+(F(2x2)), or ``auto`` (the default). Layers smaller than ``_MIN_MEASURED_MACS`` run direct in
+``auto`` without being measured.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ _FORCED = {"direct": DIRECT, "winograd": WINOGRAD4, "winograd2": WINOGRAD2}
 _CL = torch.channels_last
 # Below these, Winograd's padded channel blocks (16 in, 32 out) would mostly multiply zeros.
 _MIN_WINOGRAD_IN, _MIN_WINOGRAD_OUT = 8, 8
+# Layers with fewer multiply-adds (about a millisecond or less on one core) run direct without
+# being measured: what Winograd could save there is less than measuring it costs.
+_MIN_MEASURED_MACS = 50_000_000
 
 
 def forced_tactic() -> str | None:
@@ -82,10 +87,21 @@ class Conv3x3:
         self._lock = threading.Lock()
 
     def candidates(self) -> list[str]:
-        """The tactics this layer can run with."""
-        wino = (self.folded.weight.dtype in (torch.float32, torch.bfloat16)
-                and self.in_channels >= _MIN_WINOGRAD_IN and self.out_channels >= _MIN_WINOGRAD_OUT)
-        return [DIRECT, WINOGRAD4, WINOGRAD2] if wino else [DIRECT]
+        """The tactics this layer can run with: F(4x4) only in float32, since with bfloat16
+        operands its transforms amplify the rounding to about 4x PyTorch's own bf16 error
+        (F(2x2) stays within it)."""
+        if self.in_channels < _MIN_WINOGRAD_IN or self.out_channels < _MIN_WINOGRAD_OUT:
+            return [DIRECT]
+        if self.folded.weight.dtype == torch.float32:
+            return [DIRECT, WINOGRAD4, WINOGRAD2]
+        if self.folded.weight.dtype == torch.bfloat16:
+            return [DIRECT, WINOGRAD2]
+        return [DIRECT]
+
+    def worth_measuring(self, x: torch.Tensor) -> bool:
+        """Whether this layer, on input ``x``, is large enough to time its candidates."""
+        macs = x.shape[0] * x.shape[-2] * x.shape[-1] * self.in_channels * self.out_channels * 9
+        return macs >= _MIN_MEASURED_MACS
 
     def form(self, tactic: str) -> object:
         """The packed weights of ``tactic``, built the first time they are asked for."""
@@ -169,10 +185,14 @@ class _PlannedForward:
         i = self.index
         self.index += 1
         if self.forced is not None:
-            tactic = self.forced if self.forced in layer.candidates() else DIRECT
+            options = layer.candidates()  # a forced Winograd falls back to the layer's last option
+            tactic = self.forced if self.forced in options or self.forced == DIRECT else options[-1]
             return layer.run(tactic, x, relu, skip, same)
         if self.plan is not None:
             return layer.run(self.plan[i], x, relu, skip, same)
+        if not layer.worth_measuring(x):
+            self.measured.append(DIRECT)
+            return layer.run(DIRECT, x, relu, skip, same)
         tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same))
         self.measured.append(tactic)
         return out
