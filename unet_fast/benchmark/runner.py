@@ -1,9 +1,12 @@
 """The benchmark loop: ceilings, then every (case, batch, row) on the same inputs, each row timed,
 checked against the float64 reference and measured for memory, then the ceilings again (the
-better of the two measurements is the peak). A failing row is recorded with its error and the run
-goes on; after a failure that leaves the CUDA context unusable, or once ``--deadline`` has passed,
-the remaining rows are recorded as skipped. The document is handed to ``checkpoint`` after every
-row (``"complete": false`` until the run ends), so a run killed part-way keeps what it measured."""
+better of the two measurements is the peak). On the GPU the rows run one after another; on the
+CPU the rows of a (case, batch) are prepared in turn and then timed interleaved (rotated rounds,
+see timing.time_interleaved). A failing row is recorded with its error and the run goes on; after
+a failure that leaves the CUDA context unusable, or once ``--deadline`` has passed, the remaining
+rows are recorded as skipped. The document is handed to ``checkpoint`` after every row (GPU) or
+every (case, batch) (CPU), ``"complete": false`` until the run ends, so a run killed part-way
+keeps what it measured."""
 
 from __future__ import annotations
 
