@@ -3,6 +3,7 @@ a complete, sane results document, table and plot; failures are recorded, not hi
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -570,3 +571,28 @@ def test_cleanup_resets_dynamo_before_collecting(monkeypatch):
     monkeypatch.setattr(runner.gc, "collect", lambda *a: order.append("collect"))
     runner._cleanup("cpu", compiled=True)
     assert order == ["reset", "collect"]
+
+
+def test_one_row_alone_the_gpu_way(tmp_path):
+    """run_row (the GPU's one-row-after-another path) on the CPU: prepared, timed alone,
+    measured against the float64 reference, released."""
+    from unet_fast.benchmark import resolve_options
+    from unet_fast.benchmark.cases import build_cases, float64_reference, make_inputs, reference_model
+    from unet_fast.benchmark.options import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    opts = resolve_options(parser.parse_args([*TINY, "--device", "cpu"]))
+    (case,) = build_cases(opts)
+    model = reference_model(case.config, opts.seed)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    inputs = make_inputs(case, 1, 2, opts.seed)
+    ref = float64_reference(model, case, inputs[0][0])
+    names = ["eager-cl-fp32", "unet_fast-fp32"]
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
+        names.append("onnxruntime-fp32")
+    for spec in select_rows("cpu", names, ["fp32"]):
+        row = runner.run_row(spec, case, 1, inputs, ref, state, opts)
+        assert row["status"] == "ok", row
+        assert row["repeats"] == 2 and "interleaved" not in row
+        assert row["rel_l2_err"] < 1e-4 and row["tflops"] > 0

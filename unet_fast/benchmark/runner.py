@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TextIO
@@ -243,7 +244,8 @@ def _run(opts: BenchOptions, stream: TextIO, checkpoint: Callable[[dict], None] 
                 results = time_interleaved([live.call for live in ready], inputs, repeats, warm)
                 for live, res in zip(ready, results, strict=True):
                     if isinstance(res, Exception):
-                        live.row.update(status="error", error=f"{type(res).__name__}: {res}")
+                        live.row.update(status="error", error=f"{type(res).__name__}: {res}",
+                                        traceback="".join(traceback.format_exception(res)))
                     else:
                         live.row.update(res)
         finally:
