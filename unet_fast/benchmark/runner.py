@@ -249,7 +249,7 @@ def _run(opts: BenchOptions, stream: TextIO, checkpoint: Callable[[dict], None] 
                     else:
                         live.row.update(res)
         finally:
-            for live in lives:
+            for live in reversed(lives):  # last built, first released, as nested resources
                 live.release()
             exports.close()
             _cleanup(opts.device, any(live.spec.compile_mode for live in lives))

@@ -9,6 +9,7 @@ request, latency mode, as many threads as torch uses. Neither library is a depen
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import shutil
@@ -114,13 +115,22 @@ def _conv_precisions(compiled) -> dict[str, dict[str, int]]:
     return out
 
 
+@functools.cache
+def _openvino_core():
+    """One OpenVINO Core for the process. Each Core's CPU plugin installs an alternate signal
+    stack on the calling thread and puts back the one it found when it goes; two Cores released
+    out of order (first in, first out) leave the thread on a freed stack, and the next signal
+    (``--compile-timeout``'s SIGALRM) kills the process. One Core never goes."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 def openvino_call(onnx_path: Path, precision: str, threads: int
                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict, object]:
     """``fn(x)`` running the ONNX model with OpenVINO on the CPU; the settings it runs under,
     read back from the compiled model; and the object that keeps it alive."""
-    import openvino as ov
-
-    core = ov.Core()
+    core = _openvino_core()
     # f32 is set explicitly: on CPUs with bf16/AMX OpenVINO's default inference precision is bf16
     config = {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
