@@ -78,7 +78,7 @@ def _forward_ms(cfg: UNetConfig, size: int, batch: int, dtype: torch.dtype, tf32
     """The whole forward (eager launches and CUDA graph), for the gap to the sum of layers."""
     from unet_fast import UNet
     from unet_fast.backends.cuda_triton import CudaTritonBackend
-    from unet_fast.benchmark.runner import _registered
+    from unet_fast.benchmark.row_run import _registered
 
     model = UNet(**cfg.to_dict()).eval().to("cuda", dtype)
     model.check_finite = False

@@ -3,6 +3,8 @@ a complete, sane results document, table and plot; failures are recorded, not hi
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -25,6 +27,15 @@ from unet_fast.config import UNetConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_ROWS = [r.name for r in cpu_rows()]
+RUNTIMES = {"openvino", "onnxruntime"}
+
+
+def _runtime_can_run(row: dict) -> bool:
+    """Whether an OpenVINO / ONNX Runtime row should have run here: its library and the ONNX
+    exporter are installed (the bench extra) and it is not ONNX Runtime's bf16."""
+    if row["impl"] == "onnxruntime" and row["precision"] != "fp32":
+        return False
+    return all(importlib.util.find_spec(m) is not None for m in (row["impl"], "onnxscript"))
 
 
 def _load(out_dir: Path) -> dict:
@@ -59,6 +70,12 @@ def test_quick_run_schema(quick_run):
     # measured before and after the rows; the better one is the peak
     fp32 = doc["ceilings"]["matmul_fp32"]
     assert len(fp32["measured"]) == 2 and fp32["tflops"] == max(fp32["measured"])
+    # the 3x3-convolution ceilings, the CPU rows' % of peak reference, measured the same way
+    for key in ("conv3x3_fp32", "conv3x3_bf16"):
+        conv = doc["ceilings"][key]
+        assert conv["tflops"] > 0 and len(conv["measured"]) == 2
+        assert conv["tflops"] == max(conv["measured"])
+    assert set(env["runtimes"]) == {"openvino", "onnxruntime", "onnx", "onnxscript"}
     assert isinstance(doc["notes"], list)
     keys = [c["key"] for c in doc["cases"]]
     assert keys == ["paper-188", "paper-image-96", "same-64"]
@@ -70,9 +87,14 @@ def test_quick_run_schema(quick_run):
             if r["impl"] == "compile":
                 assert r["status"] == "skipped" and "--quick" in r["error"]
                 continue
+            if r["impl"] in RUNTIMES and not _runtime_can_run(r):
+                assert r["status"] == "skipped" and r["error"], r
+                continue
             assert r["status"] == "ok", r
             assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
             assert r["repeats"] == 2 and len(r["times_ms"]) == 2
+            assert r["interleaved"]["rounds"] == 2 and r["interleaved"]["rows"] >= 4
+            assert r["peak_ref"] == f"conv3x3_{r['precision']}" and r["pct_of_matmul_peak"] > 0
             assert r["images_per_s"] == pytest.approx(1e3 / r["median_ms"])
             assert r["tflops"] > 0 and r["pct_of_peak"] > 0
             assert r["flops"] == next(c for c in doc["cases"] if c["key"] == case)[
@@ -95,7 +117,7 @@ def test_quick_run_table_plot_and_progress(quick_run):
     assert format_table(doc).splitlines()[0].startswith("device:")
     # a line when each row starts (a killed log shows which one hung) and one with its result
     assert proc.stderr.count("] paper-188 b=1 ") == 2 * len(CPU_ROWS)
-    assert "[1/18] paper-188 b=1 eager-nchw-fp32: started" in proc.stderr
+    assert f"[1/{3 * len(CPU_ROWS)}] paper-188 b=1 eager-nchw-fp32: started" in proc.stderr
     pytest.importorskip("matplotlib")
     png = out / f"{doc['environment']['slug']}-quick.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
@@ -111,6 +133,9 @@ def test_image_case_through_segment(quick_run):
         return
     for r in rows:
         if r["impl"] == "compile":
+            continue
+        if r["impl"] in RUNTIMES:  # segment() needs a torch module
+            assert r["status"] == "skipped" and "unet_fast.segment" in r["error"]
             continue
         assert r["status"] == "ok", r
         # overlap-tile equals one pass over the mirror-extended image (the float64 reference)
@@ -464,20 +489,21 @@ def test_cuda_peak_memory_of_an_eager_row_is_its_allocation_peak(monkeypatch):
     assert probe.peak_mb() == pytest.approx(350)
 
 
-def test_results_are_on_disk_after_every_row_when_the_run_is_killed(tmp_path, monkeypatch,
-                                                                     fake_ceilings):
-    real = runner.run_row
+def test_results_are_on_disk_after_every_case_when_the_run_is_killed(tmp_path, monkeypatch,
+                                                                      fake_ceilings):
+    # the CPU times a (case, batch)'s rows together, so its rows are written together
+    real = runner.prepare_row
     done = []
 
-    def run_row(*args, **kwargs):
-        if len(done) == 2:
+    def prepare_row(*args, **kwargs):
+        if len(done) == 3:
             raise KeyboardInterrupt  # stands for the device call's kill
         done.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_row", run_row)
+    monkeypatch.setattr(runner, "prepare_row", prepare_row)
     with pytest.raises(KeyboardInterrupt):
-        main([*TINY, "--rows", "eager-nchw-fp32,eager-cl-fp32,unet_fast-fp32",
+        main([*TINY, "--rows", "eager-nchw-fp32,eager-cl-fp32", "--batches", "1,2",
               "--out-dir", str(tmp_path)])
     doc = _load(tmp_path)  # the only file: no temporary left behind
     assert doc["complete"] is False
@@ -487,14 +513,14 @@ def test_results_are_on_disk_after_every_row_when_the_run_is_killed(tmp_path, mo
 
 def test_deadline_stops_starting_rows_and_writes_the_document(tmp_path, monkeypatch,
                                                               fake_ceilings, capsys):
-    real = runner.run_row
+    real = runner.prepare_row
 
     def slow_row(*args, **kwargs):
-        row = real(*args, **kwargs)
+        live = real(*args, **kwargs)
         time.sleep(0.6)
-        return row
+        return live
 
-    monkeypatch.setattr(runner, "run_row", slow_row)
+    monkeypatch.setattr(runner, "prepare_row", slow_row)
     assert main([*TINY, "--rows", "eager-nchw-fp32,eager-cl-fp32,unet_fast-fp32",
                  "--deadline", "0.5", "--out-dir", str(tmp_path)]) == 0
     doc = _load(tmp_path)
@@ -545,3 +571,28 @@ def test_cleanup_resets_dynamo_before_collecting(monkeypatch):
     monkeypatch.setattr(runner.gc, "collect", lambda *a: order.append("collect"))
     runner._cleanup("cpu", compiled=True)
     assert order == ["reset", "collect"]
+
+
+def test_one_row_alone_the_gpu_way(tmp_path):
+    """run_row (the GPU's one-row-after-another path) on the CPU: prepared, timed alone,
+    measured against the float64 reference, released."""
+    from unet_fast.benchmark import resolve_options
+    from unet_fast.benchmark.cases import build_cases, float64_reference, make_inputs, reference_model
+    from unet_fast.benchmark.options import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    opts = resolve_options(parser.parse_args([*TINY, "--device", "cpu"]))
+    (case,) = build_cases(opts)
+    model = reference_model(case.config, opts.seed)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    inputs = make_inputs(case, 1, 2, opts.seed)
+    ref = float64_reference(model, case, inputs[0][0])
+    names = ["eager-cl-fp32", "unet_fast-fp32"]
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
+        names.append("onnxruntime-fp32")
+    for spec in select_rows("cpu", names, ["fp32"]):
+        row = runner.run_row(spec, case, 1, inputs, ref, state, opts)
+        assert row["status"] == "ok", row
+        assert row["repeats"] == 2 and "interleaved" not in row
+        assert row["rel_l2_err"] < 1e-4 and row["tflops"] > 0

@@ -3,8 +3,10 @@
 One run measures the device's ceilings and then every implementation on the same random inputs:
 latency (median, p20/p80), images/s, TFLOP/s counted from the network, % of the measured peak,
 peak memory, and error against the float64 reference. Files: options (CLI flags), cases (what is
-measured), rows (the implementations), timing, ceilings, memory, environment, runner, report,
-plot, merge (one document from runs split over several device calls).
+measured), rows (the implementations), runtimes (OpenVINO and ONNX Runtime on the CPU), row_run
+(one row's phases), timing (including the CPU's interleaved rounds), ceilings, memory,
+environment, runner, summary (% of peak, speedups), report, plot, merge (one document from runs
+split over several device calls).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Where and with what a run happened: device, driver, library versions, git revision, date."""
+"""Where and with what a run happened: device, driver, library versions (on the CPU also
+OpenVINO, ONNX Runtime, onnx, onnxscript), git revision, date."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import torch
 
 import unet_fast
+
+from . import runtimes
 
 
 def _run(cmd: list[str], cwd: str | None = None) -> str | None:
@@ -107,4 +110,6 @@ def environment(device: str) -> dict:
     else:
         env["mkldnn"] = torch.backends.mkldnn.is_available()
         env["mkldnn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        # the runtimes the CPU rows compare with, and the ONNX export they load (None: absent)
+        env["runtimes"] = runtimes.versions()
     return env

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .runtimes import RUNTIMES
+
 
 def write_plot(result: dict, path: Path) -> None:
     """Draw the plot; raises ImportError when matplotlib is not installed."""
@@ -27,7 +29,9 @@ def write_plot(result: dict, path: Path) -> None:
         med = [r["median_ms"] for r in rows]
         err = [[r["median_ms"] - r["p20_ms"] for r in rows],
                [r["p80_ms"] - r["median_ms"] for r in rows]]
-        colors = ["tab:orange" if r["impl"].startswith("unet_fast") else "tab:gray" for r in rows]
+        # unet_fast orange, the other runtimes (OpenVINO, ONNX Runtime) blue, PyTorch gray
+        colors = ["tab:orange" if r["impl"].startswith("unet_fast") else
+                  "tab:blue" if r["impl"] in RUNTIMES else "tab:gray" for r in rows]
         ax_t.barh(names, med, xerr=err, color=colors, capsize=2)
         ax_t.invert_yaxis()
         ax_t.set_xlabel("latency, ms (median, p20-p80)")

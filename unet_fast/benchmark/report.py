@@ -41,6 +41,19 @@ def _fmt(v, spec: str, missing: str = "-") -> str:
     return missing if v is None else format(v, spec)
 
 
+def _runtime_lines(result: dict, case: str, batch: int) -> list[str]:
+    """unet_fast against OpenVINO / ONNX Runtime in one (case, batch), per precision."""
+    entry = next((s for s in result.get("summary", [])
+                  if s["case"] == case and s["batch"] == batch), {})
+    out = []
+    for prec, cmp in entry.get("vs_runtimes", {}).items():
+        parts = [f"{cmp[f'unet_fast_speedup_vs_{rt}']:.2f}x {rt} ({cmp[f'{rt}_ms']:.3f} ms)"
+                 for rt in ("openvino", "onnxruntime") if f"{rt}_ms" in cmp]
+        out.append(f"   {prec}: {cmp['unet_fast_row']} ({cmp['unet_fast_ms']:.3f} ms) is "
+                   + ", ".join(parts) + " (>1: unet_fast faster)")
+    return out
+
+
 def format_table(result: dict) -> str:
     """The results as a fixed-width text table, one block per (case, batch)."""
     cuda = result["environment"]["device"] == "cuda"
@@ -52,6 +65,11 @@ def format_table(result: dict) -> str:
     peaks = ", ".join(
         f"{k.removeprefix('matmul_')} {v['tflops'] * rate_scale:.3g}"
         for k, v in ceilings.items() if k.startswith("matmul") and v.get("tflops"))
+    conv = ", ".join(
+        f"{k.removeprefix('conv3x3_')} {v['tflops'] * rate_scale:.3g}"
+        for k, v in ceilings.items() if k.startswith("conv3x3") and v.get("tflops"))
+    if conv:  # % peak is against these where they exist (summary.apply_peaks)
+        peaks = f"3x3 conv {conv} (the % peak reference); matmul {peaks}"
     copy = ceilings.get("copy", {}).get("gbps")
     env = result["environment"]
     lines.append(f"device: {env['device_name']} | torch {env['torch']} | triton {env['triton']} "
@@ -87,6 +105,7 @@ def format_table(result: dict) -> str:
             cells = [str(v).rjust(w) if i else str(v).ljust(w)
                      for i, (v, w) in enumerate(zip(row, widths, strict=False))]
             lines.append("  ".join([*cells, str(row[-1])]))
+        lines += _runtime_lines(result, case, batch)
     lines.append("")
     seen: dict[str, str] = {}
     for r in result["rows"]:

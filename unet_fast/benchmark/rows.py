@@ -24,7 +24,9 @@ class RowSpec:
     """One implementation: which model, layout, precision, compiler and graph mode."""
 
     name: str
-    impl: str  # eager | eager-cl | compile | compile-max-autotune | unet_fast | unet_fast-graph
+    # eager | eager-cl | compile | compile-max-autotune | unet_fast | unet_fast-graph | openvino |
+    # onnxruntime
+    impl: str
     precision: str  # fp32 | tf32 | bf16 | fp16 (the arithmetic the convolutions run in)
     description: str
     fast: bool = False
@@ -32,6 +34,7 @@ class RowSpec:
     compile_mode: str | None = None  # "default" | "max-autotune"
     cuda_graph: bool = False
     flags: dict = field(default_factory=dict)
+    runtime: str | None = None  # "openvino" | "onnxruntime": another library runs the network
 
     @property
     def autocast(self) -> torch.dtype | None:
@@ -50,6 +53,18 @@ def cpu_rows() -> list[RowSpec]:
         RowSpec("unet_fast-fp32", "unet_fast", "fp32", "unet_fast.UNet, fp32", fast=True),
         RowSpec("unet_fast-bf16", "unet_fast", "bf16", "unet_fast.UNet, bf16 autocast",
                 fast=True),
+        RowSpec("openvino-fp32", "openvino", "fp32",
+                "OpenVINO CPU, the exported ONNX graph, inference precision f32, latency mode",
+                runtime="openvino"),
+        RowSpec("openvino-bf16", "openvino", "bf16",
+                "OpenVINO CPU, the exported ONNX graph, inference precision bf16, latency mode",
+                runtime="openvino"),
+        RowSpec("onnxruntime-fp32", "onnxruntime", "fp32",
+                "ONNX Runtime CPUExecutionProvider, the exported ONNX graph, fp32",
+                runtime="onnxruntime"),
+        RowSpec("onnxruntime-bf16", "onnxruntime", "bf16",
+                "ONNX Runtime, bf16: not run (no fast bf16 convolution on its CPU provider)",
+                runtime="onnxruntime"),
     ]
 
 

@@ -1,18 +1,20 @@
 """The benchmark loop: ceilings, then every (case, batch, row) on the same inputs, each row timed,
 checked against the float64 reference and measured for memory, then the ceilings again (the
-better of the two measurements is the peak). A failing row is recorded with its error and the run
-goes on; after a failure that leaves the CUDA context unusable, or once ``--deadline`` has passed,
-the remaining rows are recorded as skipped. The document is handed to ``checkpoint`` after every
-row (``"complete": false`` until the run ends), so a run killed part-way keeps what it measured."""
+better of the two measurements is the peak). On the GPU the rows run one after another; on the
+CPU the rows of a (case, batch) are prepared in turn and then timed interleaved (rotated rounds,
+see timing.time_interleaved). A failing row is recorded with its error and the run goes on; after
+a failure that leaves the CUDA context unusable, or once ``--deadline`` has passed, the remaining
+rows are recorded as skipped. The document is handed to ``checkpoint`` after every row (GPU) or
+every (case, batch) (CPU), ``"complete": false`` until the run ends, so a run killed part-way
+keeps what it measured."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TextIO
 
@@ -20,33 +22,31 @@ import torch
 
 import unet_fast
 
-from .cases import Case, build_cases, compare, float64_reference, make_inputs, reference_model
-from .ceilings import PEAK_FOR_PRECISION, best_ceilings, measure_ceilings
+from . import runtimes
+from .cases import Case, build_cases, float64_reference, make_inputs, reference_model
+from .ceilings import best_ceilings, measure_ceilings
 from .environment import environment
-from .memory import MemoryProbe
 from .options import BenchOptions
-from .rows import RowSpec, build_module, capture_graph, make_call, row_flags, select_rows
-from .timing import CompileTimeout, Limit, time_cpu, time_cuda, time_limit
+from .row_run import (  # _registered: kept importable from here for scripts written before
+    LiveRow,
+    _cleanup,
+    _registered,  # noqa: F401
+    backend_graphs,
+    find_compile_timeout,
+    finish_row,
+    measure_row,
+    prepare_row,
+    row_head,
+    run_row,
+)
+from .rows import select_rows
+from .summary import apply_peaks, summarize
+from .timing import time_interleaved
+
+__all__ = ["SCHEMA_VERSION", "apply_peaks", "backend_graphs", "device_error",
+           "find_compile_timeout", "inputs_on_device", "run_benchmark", "run_row", "summarize"]
 
 SCHEMA_VERSION = 1
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _cleanup(device: str, compiled: bool) -> None:
-    # dynamo's caches hold the compiled graphs: drop them first so the collection frees them
-    if compiled:
-        torch._dynamo.reset()
-    gc.collect()
-    if device == "cuda":
-        try:
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-        except Exception:  # a broken context is reported by device_error, not here
-            pass
 
 
 def device_error(device: str) -> str | None:
@@ -62,215 +62,9 @@ def device_error(device: str) -> str | None:
     return None
 
 
-def find_compile_timeout(exc: BaseException) -> CompileTimeout | None:
-    """The :class:`CompileTimeout` behind ``exc``: dynamo re-raises what its backend raised inside
-    its own exceptions (``BackendCompilerFailed.inner_exception``, ``__cause__``, ``__context__``)."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, CompileTimeout):
-            return e
-        todo += [getattr(e, "inner_exception", None), e.__cause__, e.__context__]
-    return None
-
-
 def inputs_on_device(inputs: list[torch.Tensor], device: str) -> list[torch.Tensor]:
     """The input sets of one (case, batch) copied to ``device``."""
     return [x.to(device) for x in inputs]
-
-
-def _row_head(spec: RowSpec, case: Case, batch: int) -> dict:
-    return {
-        "case": case.key, "model": case.model, "kind": case.kind, "size": case.size,
-        "batch": batch, "row": spec.name, "impl": spec.impl, "precision": spec.precision,
-        "description": spec.description, "status": "ok", "error": None, "notes": [],
-    }
-
-
-@contextlib.contextmanager
-def _registered(device_type: str, backend) -> Iterator[None]:
-    """Put ``backend`` first for ``device_type`` for the block, then restore the registry."""
-    from .. import dispatch
-
-    saved = list(dispatch._REGISTRY.get(device_type, []))
-    dispatch.register_backend(device_type, backend)
-    try:
-        yield
-    finally:
-        dispatch._REGISTRY[device_type] = saved
-
-
-def backend_graphs():
-    """A context that makes the CUDA backend replay per-shape CUDA graphs, or None when this
-    build's backend has no such option."""
-    try:
-        from ..backends.cuda_triton import CudaTritonBackend
-
-        backend = CudaTritonBackend(cuda_graphs=True)
-    except (ImportError, TypeError):
-        return None
-    return _registered("cuda", backend)
-
-
-def _backend_name(module, spec: RowSpec, x: torch.Tensor, device: str) -> str:
-    if not spec.fast:
-        return "torch.compile/inductor" if spec.compile_mode else "pytorch-eager"
-    with torch.inference_mode():
-        if spec.autocast is not None:
-            with torch.autocast(device, dtype=spec.autocast):
-                return module.backend_name(x)
-        return module.backend_name(x)
-
-
-def run_row(spec: RowSpec, case: Case, batch: int, inputs: list[torch.Tensor],
-            ref_out: torch.Tensor | None, state: dict, opts: BenchOptions,
-            time_left: float | None = None) -> dict:
-    """Measure one implementation on one case and batch; never raises for a failing row.
-
-    ``time_left`` (seconds before ``--deadline``) caps a torch.compile row's first call below
-    ``--compile-timeout``."""
-    device = opts.device
-    row = _row_head(spec, case, batch)
-    segment = getattr(unet_fast, "segment", None)
-    if case.kind == "image" and segment is None:
-        row.update(status="not_available",
-                   error="unet_fast.segment is not available in this build")
-        return row
-    if spec.compile_mode and opts.quick:
-        row.update(status="skipped", error="torch.compile rows are skipped with --quick")
-        return row
-    if spec.cuda_graph and device != "cuda":
-        row.update(status="skipped", error="CUDA graphs need a CUDA device")
-        return row
-    library_graphs = None
-    if spec.cuda_graph and case.kind == "image":
-        # segment() builds tile indices on the host every call, so the harness cannot capture it
-        # whole; the backend's own per-shape graphs replay each tile batch's forward instead
-        library_graphs = backend_graphs()
-        if library_graphs is None:
-            row.update(status="skipped",
-                       error="unet_fast.segment builds its tile indices on the host every call, so "
-                             "the harness does not capture it, and this build's CUDA backend has "
-                             "no cuda_graphs option")
-            return row
-
-    probe = MemoryProbe(device)
-    module = call = None
-    limit: Limit | None = None
-    try:
-        probe.start()  # synchronizes: an earlier sticky CUDA error surfaces here
-        with row_flags(spec) as flags, (library_graphs or contextlib.nullcontext()):
-            # the cuDNN/TF32 flags mean nothing to the CPU rows
-            row["settings"] = flags if device == "cuda" else {"threads": torch.get_num_threads()}
-            module = build_module(spec, case.config, state, device)
-            if spec.fast:
-                row["backend"] = _backend_name(module, spec, inputs[0][:1], device)
-                if getattr(module, "check_finite", False):
-                    row["notes"].append("check_finite=True (the library default)")
-            if spec.compile_mode:
-                module = torch.compile(
-                    module, mode=None if spec.compile_mode == "default" else spec.compile_mode)
-                row["backend"] = f"inductor ({spec.compile_mode})"
-            elif not spec.fast:
-                row["backend"] = "pytorch-eager"
-            image_fn = None
-            if case.kind == "image":
-                tile = opts.tile_size
-
-                def image_fn(m, x, _seg=segment, _tile=tile):
-                    return _seg(m, x, tile_size=_tile, output="logits")
-
-                row["tile_size"] = tile if tile is not None else "auto"
-            call = make_call(spec, module, device, image_fn)
-
-            t0 = time.perf_counter()
-            seconds = None
-            if spec.compile_mode:
-                seconds = opts.compile_timeout
-                if time_left is not None:
-                    seconds = max(min(seconds, time_left), 1.0)
-            with time_limit(seconds) as limit:
-                call(inputs[0])
-                _sync(device)
-            row["first_call_s"] = time.perf_counter() - t0
-            if limit.fired:  # every alarm was caught inside torch and the compile finished
-                row["notes"].append(f"torch.compile caught the --compile-timeout alarm "
-                                    f"({limit.seconds:.4g} s) and went on; the compiled code may "
-                                    "have taken a fallback")
-            if spec.cuda_graph and library_graphs is None:
-                call = capture_graph(call, inputs[0])
-                row["notes"].append("timed call = copy into the static input + graph replay")
-            elif spec.cuda_graph:
-                row["notes"].append("segment() with the CUDA backend's per-shape graphs "
-                                    "(CudaTritonBackend(cuda_graphs=True)) replaying each tile "
-                                    "batch")
-
-            if device == "cuda":
-                stats = time_cuda(call, inputs, opts.repeats, opts.warmup)
-            else:
-                warm = opts.warmup if opts.warmup is not None else 1
-                stats = time_cpu(call, inputs, opts.repeats or 5, warm)
-            row.update(stats)
-
-            probe.arm()
-            out = call(inputs[0])
-            _sync(device)
-            row["peak_mem_mb"] = probe.peak_mb()
-            if probe.parts is not None:
-                row["peak_mem_parts"] = probe.parts
-            row["output_dtype"] = str(out.dtype).replace("torch.", "")
-            if ref_out is not None:
-                row.update(compare(out[0], ref_out))
-            del out
-    except Exception as e:
-        timeout = find_compile_timeout(e)
-        if timeout is not None or (limit is not None and limit.fired):
-            what = str(timeout) if timeout is not None else f"took longer than {limit.seconds:.4g} s"
-            if limit is not None and limit.seconds is not None and \
-                    limit.seconds < opts.compile_timeout:
-                row.update(status="skipped", error=f"torch.compile {what}, the time left before "
-                                                   "--deadline")
-            else:
-                row.update(status="skipped",
-                           error=f"torch.compile {what}; raise --compile-timeout to run it")
-        else:
-            row.update(status="error", error=f"{type(e).__name__}: {e}".strip())
-            row["traceback"] = traceback.format_exc(limit=6)
-    finally:
-        del module, call
-        _cleanup(device, bool(spec.compile_mode))
-
-    if row["status"] == "ok":
-        sec = row["median_ms"] / 1e3
-        row["images_per_s"] = batch / sec
-        row["flops"] = case.flops_per_image * batch
-        row["tflops"] = row["flops"] / sec / 1e12
-        row["mem_note"] = probe.note
-    return row
-
-
-def apply_peaks(rows: list[dict], ceilings: dict) -> list[str]:
-    """Write each row's % of the measured peak of its precision; return notes on anything odd."""
-    over = []
-    for r in rows:
-        if r["status"] != "ok":
-            continue
-        key = PEAK_FOR_PRECISION[r["precision"]]
-        peak = ceilings.get(key, {}).get("tflops")
-        r["peak_ref"] = key
-        r["pct_of_peak"] = 100 * r["tflops"] / peak if peak else None
-        if r["pct_of_peak"] and r["pct_of_peak"] > 100:
-            over.append(f"{r['case']}/b{r['batch']}/{r['row']}")
-    if not over:
-        return []
-    return [f"{len(over)} row(s) above 100% of the measured matmul peak ({', '.join(over[:6])}"
-            f"{', ...' if len(over) > 6 else ''}): a convolution library can beat a "
-            "mid-sized matmul, or the machine was busier while the ceilings were measured; "
-            "compare rows with each other rather than with the % column"]
 
 
 def _progress(i: int, total: int, row: dict, stream: TextIO) -> None:
@@ -285,55 +79,6 @@ def _progress(i: int, total: int, row: dict, stream: TextIO) -> None:
           + (f", rel err {err:.2e}" if err is not None else "")
           + (f", labels {100 * agree:.3f}%" if agree is not None else ""),
           file=stream, flush=True)
-
-
-def summarize(rows: list[dict], baselines: list[dict] | None = None) -> list[dict]:
-    """Per (case, batch): the eager baseline, the best stock row, the best unet_fast row, and
-    each row's speedup over the eager baseline (written into the rows).
-
-    Rows of a merged document carry ``source`` (the run they come from). A row's speedup is then
-    taken over the baseline row measured in its own run when that run has one (``baselines``:
-    rows a merge dropped as duplicates, still valid baselines of their run), else over the
-    merged baseline, and the row names the other run in ``speedup_baseline_source``."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["case"], r["batch"]), []).append(r)
-    own: dict[tuple, dict] = {}
-    for r in [*rows, *(baselines or [])]:
-        if r["status"] == "ok" and r["impl"] == "eager":
-            own.setdefault((r["case"], r["batch"], r["row"], r.get("source")), r)
-    out = []
-    for (case, batch), rs in groups.items():
-        ok = [r for r in rs if r["status"] == "ok"]
-        eager = next((r for r in ok if r["impl"] == "eager"), None)
-        for r in ok:
-            base = eager
-            if eager is not None and "source" in r:
-                base = own.get((case, batch, eager["row"], r["source"]), eager)
-            r["speedup_vs_eager"] = base["median_ms"] / r["median_ms"] if base else None
-            r["speedup_baseline"] = base["row"] if base else None
-            r.pop("speedup_baseline_source", None)
-            if base is not None and base.get("source") != r.get("source"):
-                r["speedup_baseline_source"] = base.get("source")
-        stock = [r for r in ok if not r["impl"].startswith("unet_fast")]
-        fast = [r for r in ok if r["impl"].startswith("unet_fast")]
-        best_stock = min(stock, key=lambda r: r["median_ms"], default=None)
-        best_fast = min(fast, key=lambda r: r["median_ms"], default=None)
-        entry = {
-            "case": case, "batch": batch,
-            "eager_row": eager["row"] if eager else None,
-            "best_stock_row": best_stock["row"] if best_stock else None,
-            "best_stock_ms": best_stock["median_ms"] if best_stock else None,
-            "best_unet_fast_row": best_fast["row"] if best_fast else None,
-            "best_unet_fast_ms": best_fast["median_ms"] if best_fast else None,
-            "unet_fast_speedup_vs_best_stock": (best_stock["median_ms"] / best_fast["median_ms"]
-                                                if best_stock and best_fast else None),
-        }
-        if any("source" in r for r in ok):
-            entry["best_stock_source"] = best_stock.get("source") if best_stock else None
-            entry["best_unet_fast_source"] = best_fast.get("source") if best_fast else None
-        out.append(entry)
-    return out
 
 
 def run_benchmark(opts: BenchOptions, stream: TextIO | None = None,
@@ -362,17 +107,35 @@ def run_benchmark(opts: BenchOptions, stream: TextIO | None = None,
 def _method(opts: BenchOptions, n_sets: int) -> dict:
     return {
         "timing": ("CUDA events per call after warm-up, L2 flushed between calls (as "
-                   "triton.testing.do_bench)" if opts.device == "cuda" else
-                   "time.perf_counter per call after warm-up"),
+                   "triton.testing.do_bench), one row after another" if opts.device == "cuda" else
+                   "time.perf_counter per call after warm-up; the rows of a (case, batch) "
+                   "interleaved: each round calls every row once, the order rotated by one "
+                   "each round, an untimed 10 ms pause before each call (see each row's "
+                   "interleaved)"),
         "statistics": "median and 20th/80th percentiles of per-call times",
         "inputs": f"{n_sets} random N(0,1) input sets rotated between calls; same for all rows",
         "error": ("relative L2 error and argmax label agreement of image 0 against the "
                   "reference network in float64 on the CPU"),
         "flops": "2 x multiply-adds of every convolution, counted from the network's layers",
-        "percent_of_peak": "TFLOP/s (from the median time) over the matmul rate of the "
-                           "row's precision measured in this run, before and after the "
-                           "rows (fastest call of the better run; see ceilings)",
+        "percent_of_peak": ("TFLOP/s (from the median time) over the ceiling peak_ref of "
+                            "the row's precision measured in this run, before and after the "
+                            "rows (fastest call of the better run; see ceilings): on the CPU "
+                            "the best 3x3 convolution (conv3x3_*), else the matmul; "
+                            "pct_of_matmul_peak is over the matmul ceiling"),
     }
+
+
+def _runtime_notes(rows: list[dict]) -> list[str]:
+    """One note per reason an OpenVINO / ONNX Runtime row did not run (library missing, bf16 on
+    ONNX Runtime, the whole-image case), naming the rows."""
+    reasons: dict[str, list[str]] = {}
+    for r in rows:
+        if r["impl"] in runtimes.RUNTIMES and r["status"] == "skipped" and \
+                not str(r["error"]).startswith(("not started", "CUDA context")):
+            names = reasons.setdefault(r["error"], [])
+            if r["row"] not in names:
+                names.append(r["row"])
+    return [f"{', '.join(names)} not run: {why}" for why, names in reasons.items()]
 
 
 def _run(opts: BenchOptions, stream: TextIO, checkpoint: Callable[[dict], None] | None,
@@ -429,6 +192,73 @@ def _run(opts: BenchOptions, stream: TextIO, checkpoint: Callable[[dict], None] 
         reason = device_error(opts.device)
         return None if reason is None else f"CUDA context unusable after {what}: {reason}"
 
+    def one_by_one(case: Case, batch: int, inputs: list[torch.Tensor],
+                   ref_out: torch.Tensor | None, state: dict) -> str | None:
+        """The GPU's way: each row built, timed, measured and released before the next one
+        (CUDA events time the device alone; rows keep no GPU memory for each other)."""
+        for spec in specs:
+            if past_deadline():
+                return deadline_stop
+            print(f"[{len(rows) + 1}/{total}] {case.key} b={batch} {spec.name}: started",
+                  file=stream, flush=True)
+            time_left = None if opts.deadline is None else opts.deadline - elapsed()
+            row = run_row(spec, case, batch, inputs, ref_out, state, opts, time_left)
+            add(row)
+            save(first_ceilings)
+            if row["status"] == "error":
+                stop = unusable_after(f"{case.key} b={batch} {spec.name}")
+                if stop is not None:
+                    return stop
+        return None
+
+    def interleaved(case: Case, batch: int, inputs: list[torch.Tensor],
+                    ref_out: torch.Tensor | None, state: dict) -> str | None:
+        """The CPU's way: every row of the (case, batch) prepared and measured (memory, error)
+        in turn, then all of them timed together, round by round in rotated order
+        (timing.time_interleaved); the rows are recorded once timed. On a row error or the
+        deadline, the rows prepared so far are still timed."""
+        stop = None
+        lives: list[LiveRow] = []
+        exports = runtimes.Exports()
+        try:
+            for spec in specs:
+                if past_deadline():
+                    stop = deadline_stop
+                    break
+                print(f"[{len(rows) + len(lives) + 1}/{total}] {case.key} b={batch} "
+                      f"{spec.name}: started", file=stream, flush=True)
+                time_left = None if opts.deadline is None else opts.deadline - elapsed()
+                live = prepare_row(spec, case, batch, inputs, state, opts, time_left, exports)
+                measure_row(live, inputs, ref_out, opts.device)
+                live.stack.close()  # the CPU rows set no backend flags to hold while timing
+                lives.append(live)
+                if live.row["status"] == "error":
+                    stop = unusable_after(f"{case.key} b={batch} {spec.name}")
+                    if stop is not None:
+                        break
+            ready = [live for live in lives if live.ready]
+            if ready:
+                repeats = opts.repeats or 5
+                warm = opts.warmup if opts.warmup is not None else 1
+                print(f"[timing] {case.key} b={batch}: {len(ready)} row(s) interleaved, "
+                      f"{warm} + {repeats} rounds", file=stream, flush=True)
+                results = time_interleaved([live.call for live in ready], inputs, repeats, warm)
+                for live, res in zip(ready, results, strict=True):
+                    if isinstance(res, Exception):
+                        live.row.update(status="error", error=f"{type(res).__name__}: {res}",
+                                        traceback="".join(traceback.format_exception(res)))
+                    else:
+                        live.row.update(res)
+        finally:
+            for live in reversed(lives):  # last built, first released, as nested resources
+                live.release()
+            exports.close()
+            _cleanup(opts.device, any(live.spec.compile_mode for live in lives))
+        for live in lives:
+            add(finish_row(live, case, batch))
+        save(first_ceilings)
+        return stop
+
     first_ceilings = best_ceilings(measure_ceilings(opts.device, opts.quick))
     save(first_ceilings)
     segment_available = hasattr(unet_fast, "segment")
@@ -461,32 +291,23 @@ def _run(opts: BenchOptions, stream: TextIO, checkpoint: Callable[[dict], None] 
             except Exception as e:
                 error = f"moving the inputs to {opts.device} failed: {type(e).__name__}: {e}"
                 for spec in specs:
-                    add(dict(_row_head(spec, case, batch), status="error", error=error))
+                    add(dict(row_head(spec, case, batch), status="error", error=error))
                 save(first_ceilings)
                 stop = unusable_after(f"{case.key} b={batch} inputs")
                 continue
-            for spec in specs:
-                if past_deadline():
-                    stop = deadline_stop
-                    break
-                print(f"[{len(rows) + 1}/{total}] {case.key} b={batch} {spec.name}: started",
-                      file=stream, flush=True)
-                time_left = None if opts.deadline is None else opts.deadline - elapsed()
-                row = run_row(spec, case, batch, inputs, ref_out, state, opts, time_left)
-                add(row)
-                save(first_ceilings)
-                if row["status"] == "error":
-                    stop = unusable_after(f"{case.key} b={batch} {spec.name}")
-                    if stop is not None:
-                        break
+            if opts.device == "cuda":
+                stop = one_by_one(case, batch, inputs, ref_out, state)
+            else:
+                stop = interleaved(case, batch, inputs, ref_out, state)
             del inputs
             _cleanup(opts.device, False)
 
     if stop is not None:
         skipped = plan[len(rows):]
         for case, batch, spec in skipped:
-            add(dict(_row_head(spec, case, batch), status="skipped", error=stop))
+            add(dict(row_head(spec, case, batch), status="skipped", error=stop))
         run_notes.append(f"{len(skipped)} row(s) not run: {stop}")
+    run_notes += _runtime_notes(rows)
     if stop is None and not past_deadline():
         ceilings = best_ceilings(first_ceilings, measure_ceilings(opts.device, opts.quick))
     else:

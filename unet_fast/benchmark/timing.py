@@ -1,6 +1,9 @@
 """Timing: host clock with warm-up and repeats on the CPU; CUDA events around each call with an
 L2 flush between calls on the GPU (the method of ``triton.testing.do_bench``), median and
-20th/80th percentiles. Inputs rotate among several sets so no call reuses the last one's cache."""
+20th/80th percentiles. Inputs rotate among several sets so no call reuses the last one's cache.
+On the CPU the rows of one case are timed interleaved (:func:`time_interleaved`): a round calls
+every row once, in an order rotated by one each round, so a slow minute of a shared or throttled
+machine lands on every row alike instead of on whichever row ran then."""
 
 from __future__ import annotations
 
@@ -40,6 +43,50 @@ def time_cpu(fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor
         fn(x)
         times.append((time.perf_counter() - t0) * 1e3)
     return summarize(times, warmup)
+
+
+SETTLE_S = 0.01  # idle pause before each interleaved call (see time_interleaved)
+
+
+def time_interleaved(calls: Sequence[Callable[[torch.Tensor], object]],
+                     inputs: Sequence[torch.Tensor], repeats: int, warmup: int,
+                     settle_s: float = SETTLE_S) -> list[dict | Exception]:
+    """Time several callables in rounds: ``warmup`` untimed rounds, then ``repeats`` timed ones;
+    round ``r`` calls ``calls[(r + j) % n]`` for ``j = 0..n-1``, so every callable runs in every
+    position equally often (when ``repeats`` is a multiple of ``n``; nearly so otherwise).
+
+    Consecutive calls take consecutive input sets, so no call starts with its input left in the
+    cache by the call before. Before each call the host sleeps ``settle_s`` untimed: libraries
+    keep their own thread pools (OpenMP, ONNX Runtime's, OpenVINO's TBB) whose workers spin for
+    a while after a call, and would otherwise compete with the next library's threads.
+    Returns, per callable, its statistics (:func:`summarize`, plus ``interleaved``) or the
+    exception its call raised (it is then left out of later rounds)."""
+    n = len(calls)
+    times: list[list[float]] = [[] for _ in range(n)]
+    failed: dict[int, Exception] = {}
+    k = 0
+    for rnd in range(warmup + repeats):
+        for j in range(n):
+            i = (rnd + j) % n
+            if i in failed:
+                continue
+            x = inputs[k % len(inputs)]
+            k += 1
+            if settle_s:
+                time.sleep(settle_s)
+            try:
+                t0 = time.perf_counter()
+                calls[i](x)
+                elapsed = time.perf_counter() - t0
+            except Exception as e:
+                failed[i] = e
+                continue
+            if rnd >= warmup:
+                times[i].append(elapsed * 1e3)
+    method = {"rows": n, "rounds": repeats, "warmup_rounds": warmup,
+              "settle_ms": settle_s * 1e3, "order": "rotated by one each round"}
+    return [failed[i] if i in failed else dict(summarize(times[i], warmup), interleaved=method)
+            for i in range(n)]
 
 
 def time_cuda(fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor],
