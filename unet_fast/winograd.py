@@ -94,8 +94,8 @@ def conv3x3(x: torch.Tensor, conv: WinogradConv, relu: bool, *, skip: torch.Tens
         size, offsets = list(skip.shape[-2:]), [0, 0, -(dh // 2), -(dw // 2)]
     else:  # skip is center-cropped to up's size
         size, offsets = list(x.shape[-2:]), [dh // 2, dw // 2, 0, 0]
-    return op(skip, x, offsets, size, conv.weight, conv.bias, conv.in_channels, conv.out_channels, conv.padding,
-              conv.m, relu, isa)
+    return op(skip, x, offsets, size, conv.weight, conv.bias, conv.in_channels, conv.out_channels,
+              conv.padding, conv.m, relu, isa)
 
 
 @functools.cache

@@ -61,12 +61,12 @@ def join_skip_nhwc(skip: torch.Tensor, up: torch.Tensor, same: bool) -> torch.Te
     return joined.permute(0, 3, 1, 2)
 
 
-def onednn_pack(folded: FoldedConv) -> tuple[torch.Tensor, list[int]]:
-    """``folded``'s weight reordered once into oneDNN's blocked layout, and its padding."""
+def onednn_pack(folded: FoldedConv) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """``folded``'s weight reordered once into oneDNN's blocked layout, its padding and bias."""
     pad = [folded.padding, folded.padding]
     weight = torch.ops.mkldnn._reorder_convolution_weight(
         folded.weight.contiguous(memory_format=_CL), pad, [1, 1], [1, 1], 1, None)
-    return weight, pad
+    return weight, pad, folded.bias
 
 
 def onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: list[int],
@@ -77,24 +77,30 @@ def onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, paddi
 
 
 class Conv3x3:
-    """One 3x3 layer in every form the backend may run it in (built on first use)."""
+    """One 3x3 layer in the forms the backend may run it in, each built on first use.
+
+    ``folded`` (the BatchNorm-folded weights) is kept only until the first plan is made;
+    forms a later plan needs are built from ``refold()``, which folds the module's weights again.
+    """
 
     def __init__(self, folded: FoldedConv) -> None:
-        self.folded = folded
+        self.folded: FoldedConv | None = folded
+        self.refold: Callable[[], FoldedConv] = lambda: folded
+        self.dtype = folded.weight.dtype
         self.in_channels = folded.weight.shape[1]
         self.out_channels = folded.weight.shape[0]
         self._forms: dict[str, object] = {}
         self._lock = threading.Lock()
 
     def candidates(self) -> list[str]:
-        """The tactics this layer can run with: F(4x4) only in float32, since with bfloat16
-        operands its transforms amplify the rounding to about 4x PyTorch's own bf16 error
-        (F(2x2) stays within it)."""
+        """The tactics this layer can run with, cheapest in memory first: F(4x4) only in float32,
+        since with bfloat16 operands its transforms amplify the rounding to about 8x PyTorch's
+        own bf16 error (F(2x2) stays within 2x)."""
         if self.in_channels < _MIN_WINOGRAD_IN or self.out_channels < _MIN_WINOGRAD_OUT:
             return [DIRECT]
-        if self.folded.weight.dtype == torch.float32:
-            return [DIRECT, WINOGRAD4, WINOGRAD2]
-        if self.folded.weight.dtype == torch.bfloat16:
+        if self.dtype == torch.float32:
+            return [DIRECT, WINOGRAD2, WINOGRAD4]
+        if self.dtype == torch.bfloat16:
             return [DIRECT, WINOGRAD2]
         return [DIRECT]
 
@@ -103,19 +109,24 @@ class Conv3x3:
         macs = x.shape[0] * x.shape[-2] * x.shape[-1] * self.in_channels * self.out_channels * 9
         return macs >= _MIN_MEASURED_MACS
 
-    def form(self, tactic: str) -> object:
-        """The packed weights of ``tactic``, built the first time they are asked for."""
+    def form(self, tactic: str, keep: Callable[[], bool] = lambda: True) -> object:
+        """The packed weights of ``tactic``, built the first time they are asked for and kept
+        if ``keep()`` says the weights they were built from are still current."""
         with self._lock:
             packed = self._forms.get(tactic)
-            if packed is None:
-                f = self.folded
-                if tactic == DIRECT:
-                    packed = onednn_pack(f)
-                else:
-                    packed = winograd.pack(f.weight, f.bias, f.padding, 4 if tactic == WINOGRAD4 else 2,
-                                           f.weight.dtype)
-                self._forms[tactic] = packed
+            folded = self.folded
+        if packed is not None:
             return packed
+        f = folded if folded is not None else self.refold()
+        if tactic == DIRECT:
+            packed = onednn_pack(f)
+        else:
+            packed = winograd.pack(f.weight, f.bias, f.padding, 4 if tactic == WINOGRAD4 else 2,
+                                   f.weight.dtype)
+        if keep():
+            with self._lock:
+                packed = self._forms.setdefault(tactic, packed)
+        return packed
 
     def keep_only(self, tactics: set[str]) -> None:
         """Free the packed weights of every other tactic."""
@@ -124,29 +135,33 @@ class Conv3x3:
                 del self._forms[t]
 
     def run(self, tactic: str, x: torch.Tensor, relu: bool, skip: torch.Tensor | None = None,
-            same: bool = False) -> torch.Tensor:
+            same: bool = False, keep: Callable[[], bool] = lambda: True) -> torch.Tensor:
         """``relu(conv(x))``; with ``skip``, of ``join_skip(skip, x, same)``. NHWC out."""
-        packed = self.form(tactic)
+        packed = self.form(tactic, keep)
         if tactic == DIRECT:
             if skip is not None:
                 x = join_skip_nhwc(skip, x, same)
-            weight, pad = packed
-            return onednn_conv(x, weight, self.folded.bias, pad, relu)
+            weight, pad, bias = packed
+            return onednn_conv(x, weight, bias, pad, relu)
         return winograd.conv3x3(x, packed, relu, skip=skip, same=same)
 
 
 def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor]) -> tuple[str, torch.Tensor]:
     """Time ``run(tactic)`` for each of ``layer``'s candidates (best of two runs after building
-    the weights) and return the fastest tactic with its output."""
+    the weights) and return the fastest tactic with its output. A candidate that needs more
+    memory than the one before it (direct < F(2x2) < F(4x4): 1x, 1.8x, 4x the weights) must be
+    10% faster to be chosen."""
     best: tuple[float, str, torch.Tensor] | None = None
     for tactic in layer.candidates():
-        layer.form(tactic)
+        seconds, out = float("inf"), None
         for _ in range(2):
             start = time.perf_counter()
-            out = run(tactic)
-            seconds = time.perf_counter() - start
-            if best is None or seconds < best[0]:
-                best = (seconds, tactic, out)
+            y = run(tactic)
+            elapsed = time.perf_counter() - start
+            if elapsed < seconds:
+                seconds, out = elapsed, y
+        if best is None or seconds < 0.9 * best[0]:
+            best = (seconds, tactic, out)
     assert best is not None
     return best[1], best[2]
 
@@ -154,23 +169,31 @@ def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor]) -> tuple[str, to
 class Planner:
     """Runs a forward's 3x3 layers by a cached per-input-size plan, measuring it the first time.
 
-    ``plans`` maps an input size to the tactic of each 3x3 layer in forward order.
+    ``plans`` maps an input size to the tactic of each 3x3 layer in forward order. ``keep``
+    tells whether forms built now may be stored (the weights are still those of this pack).
     """
 
     def __init__(self, layers: list[Conv3x3]) -> None:
         self.layers = layers
         self.plans: dict[tuple[int, ...], list[str]] = {}
+        self.keep: Callable[[], bool] = lambda: True
         self._lock = threading.Lock()
 
     def start(self, key: tuple[int, ...]) -> _PlannedForward:
         forced = forced_tactic()
         return _PlannedForward(self, key, None if forced is not None else self.plans.get(key), forced)
 
+    def chosen(self, index: int, tactic: str) -> None:
+        """Free the forms of layer ``index`` that neither ``tactic`` nor another plan uses."""
+        with self._lock:
+            self.layers[index].keep_only({tactic} | {p[index] for p in self.plans.values()})
+
     def finish(self, key: tuple[int, ...], plan: list[str]) -> None:
         with self._lock:
             self.plans[key] = plan
             for i, layer in enumerate(self.layers):
                 layer.keep_only({p[i] for p in self.plans.values()})
+                layer.folded = None  # later forms are built from refold()
 
 
 class _PlannedForward:
@@ -184,17 +207,19 @@ class _PlannedForward:
              skip: torch.Tensor | None = None, same: bool = False) -> torch.Tensor:
         i = self.index
         self.index += 1
+        keep = self.planner.keep
         if self.forced is not None:
-            options = layer.candidates()  # a forced Winograd falls back to the layer's last option
+            options = layer.candidates()  # a forced Winograd falls back to the layer's best option
             tactic = self.forced if self.forced in options or self.forced == DIRECT else options[-1]
-            return layer.run(tactic, x, relu, skip, same)
+            return layer.run(tactic, x, relu, skip, same, keep)
         if self.plan is not None:
-            return layer.run(self.plan[i], x, relu, skip, same)
+            return layer.run(self.plan[i], x, relu, skip, same, keep)
         if not layer.worth_measuring(x):
-            self.measured.append(DIRECT)
-            return layer.run(DIRECT, x, relu, skip, same)
-        tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same))
+            tactic, out = DIRECT, layer.run(DIRECT, x, relu, skip, same, keep)
+        else:
+            tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same, keep))
         self.measured.append(tactic)
+        self.planner.chosen(i, tactic)
         return out
 
     def done(self) -> None:

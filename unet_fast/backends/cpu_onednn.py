@@ -11,6 +11,7 @@ accurate as fp16 compute; a one-time warning says so. Other dtypes fall back to 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dispatch import compute_dtype
-from ..packing import FoldedConv, PackedLayers, pack_layers
+from ..packing import FoldedConv, PackedLayers, fold_conv, pack_layers
 from ..weight_checks import check_weights
 from .cpu_conv3x3 import Conv3x3, Planner, onednn_conv, onednn_pack
 
@@ -35,8 +36,8 @@ class PackedConv:
     """The 1x1 head, ready for ``mkldnn::_convolution_pointwise``."""
 
     weight: torch.Tensor
-    bias: torch.Tensor
     padding: list[int]
+    bias: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,14 @@ class PackedUp:
 class PackedUNet:
     """The backend's weights: 3x3 layers in every form they may run in, and their plans."""
 
-    layers: PackedLayers[Conv3x3 | PackedConv, PackedUp]
+    layers: PackedLayers[Conv3x3, PackedUp]  # (the head is a PackedConv)
     planner: Planner
 
 
 def _pack_conv(folded: FoldedConv) -> Conv3x3 | PackedConv:
     if folded.weight.shape[-1] == 3:
         return Conv3x3(folded)
-    weight, pad = onednn_pack(folded)
-    return PackedConv(weight, folded.bias, pad)
+    return PackedConv(*onednn_pack(folded))
 
 
 def pack(model: UNet, dtype: torch.dtype) -> PackedUNet:
@@ -73,7 +73,15 @@ def pack(model: UNet, dtype: torch.dtype) -> PackedUNet:
         up.weight.detach().to(dtype).contiguous(memory_format=_CL), up.bias.detach().to(dtype)))
     convs = [c for pair in layers.encoder for c in pair] + list(layers.bottleneck)
     convs += [c for _, c1, c2 in layers.decoder for c in (c1, c2)]
-    return PackedUNet(layers, Planner([c for c in convs if isinstance(c, Conv3x3)]))
+    blocks = [*model.encoder, model.bottleneck, *model.decoder]
+    modules = [pair for b in blocks for pair in ((b.conv1, b.norm1), (b.conv2, b.norm2))]
+    for conv, (module, norm) in zip(convs, modules, strict=True):
+        conv.refold = functools.partial(fold_conv, module, norm, dtype)
+    packed = PackedUNet(layers, Planner(convs))
+    # forms built after packing are kept only while this pack is still the current one
+    packed.planner.keep = lambda: model.weight_cache.get(
+        model, ("cpu", dtype), lambda: pack(model, dtype)) is packed
+    return packed
 
 
 class CpuOneDNNBackend:
