@@ -31,15 +31,19 @@ def native_extension():
                            + "; ".join(why_not or ["no sources in csrc/cuda"]))
     print(f"unet_fast: building the native extension {'with' if with_cuda else 'without'} CUDA"
           + (f" ({'; '.join(why_not)})" if why_not else ""), file=sys.stderr)
-    args = {"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]}
+    # at::parallel_for is inline: without OpenMP in *this* build its loops run on one thread,
+    # whatever torch.get_num_threads() says (the Winograd convolution and the tiling ops use it)
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    args = {"cxx": ["-O3", "-std=c++17", *openmp], "nvcc": ["-O3", "-std=c++17"]}
     if with_cuda:
         return CUDAExtension(
             "unet_fast._C", sources + cuda_sources, extra_compile_args=args,
             define_macros=[("UNET_FAST_WITH_CUDA", None)], include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_link_args=openmp,
         )
     return CppExtension(
         "unet_fast._C", sources, extra_compile_args={"cxx": args["cxx"]},
-        include_dirs=[os.path.join(ROOT, "csrc")],
+        include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=openmp,
     )
 
 

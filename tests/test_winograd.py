@@ -5,6 +5,9 @@ the portable build, and the decoder's two-source input."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,3 +145,31 @@ def test_pack_refuses_what_it_cannot_pack():
         winograd.pack(torch.randn(4, 4, 5, 5), torch.zeros(4), 1, 4, torch.float32)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         winograd.pack(torch.randn(4, 4, 3, 3), torch.zeros(4), 1, 4, torch.float16)
+
+
+def _thread_cpu_ticks() -> dict[str, int]:
+    out = {}
+    for stat in Path(f"/proc/{os.getpid()}/task").glob("*/stat"):
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        out[stat.parent.name] = int(fields[11]) + int(fields[12])  # utime + stime
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_work_is_spread_over_torchs_threads():
+    """Regression: the extension was built without OpenMP, so at::parallel_for (inline in
+    ATen's headers) ran every loop on the calling thread whatever torch.get_num_threads() said."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, weight, bias = _case(1, 64, 64, 200, 200)
+        x = x.contiguous(memory_format=torch.channels_last)  # (no layout copy by aten's threads)
+        conv = winograd.pack(weight, bias, 1, 4, torch.float32)
+        before = _thread_cpu_ticks()
+        for _ in range(10):
+            winograd.conv3x3(x, conv, True)
+        after = _thread_cpu_ticks()
+    finally:
+        torch.set_num_threads(threads)
+    busy = [t for t, ticks in after.items() if ticks - before.get(t, 0) >= 2]
+    assert len(busy) >= 2, {t: after[t] - before.get(t, 0) for t in after}

@@ -36,6 +36,20 @@ struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
 
+// Each thread's scratch, kept between calls: a fresh allocation of this size is mmapped and
+// page-faulted in again on every call (measured 5% of a 64-channel layer's time).
+void* thread_scratch(int64_t bytes) {
+  thread_local std::unique_ptr<void, FreeDeleter> buf;
+  thread_local int64_t capacity = 0;
+  if (bytes > capacity) {
+    buf.reset();
+    const int64_t rounded = (bytes + 4095) / 4096 * 4096;
+    buf.reset(std::aligned_alloc(4096, rounded));
+    capacity = buf ? rounded : 0;
+  }
+  return buf.get();
+}
+
 void set_source(const at::Tensor& t, int64_t oy, int64_t ox, const void*& base, int64_t& sn,
                 int64_t& sh, int64_t& sw, int64_t& h, int64_t& w, int64_t& c, int64_t& py,
                 int64_t& px) {
@@ -157,13 +171,13 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& a_in, const std::optional<at::
   const int64_t items = nchunks * groups;
   const int64_t scratch = wino_scratch_bytes(prm, rows, (ncob + groups - 1) / groups);
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<void, FreeDeleter> buf(std::aligned_alloc(64, (scratch + 63) / 64 * 64));
+    void* buf = thread_scratch(scratch);
     TORCH_CHECK(buf, "winograd_conv3x3: out of memory for ", scratch, " bytes of scratch");
     for (int64_t item = begin; item < end; ++item) {
       const int64_t chunk = item / groups, group = item % groups;
       const int64_t t0 = chunk * rows, t1 = std::min(ntiles, t0 + rows);
       const int64_t c0 = group * ncob / groups, c1 = (group + 1) * ncob / groups;
-      if (t0 < t1 && c0 < c1) run(prm, t0, t1, c0, c1, buf.get());
+      if (t0 < t1 && c0 < c1) run(prm, t0, t1, c0, c1, buf);
     }
   });
   return out;
