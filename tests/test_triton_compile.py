@@ -1,6 +1,7 @@
 """Every Triton kernel of the GPU forward compiles for sm_90 (H100/H200) on this machine, with the
-JIT's own specialisation, and the machine code is what Hopper needs: wgmma and asynchronous
-copies for bf16/fp16/TF32, no tensor cores for IEEE fp32, no spills, shared memory in bounds.
+JIT's own specialisation, and the machine code is what Hopper needs: wgmma and 16-byte
+asynchronous copies for bf16/fp16/TF32, no tensor cores for IEEE fp32, no spills, shared memory
+in bounds.
 No GPU needed (benchmarks/compile_report.py); catches what the interpreter cannot."""
 
 from __future__ import annotations
@@ -60,6 +61,30 @@ def test_paper_network_bf16_every_autotune_candidate(tmp_path):
         assert k["config"].get("FLAT_K") == (16 if first else None), k
         assert first or k["sass"].get("LDGSTS", 0) > 0, k
     assert doc["reports"]["bf16"]["problems"] == []
+    _assert_copies_16_bytes(doc, "bf16", len(convs) + len(kernels["upconv2x2_kernel"]))
+
+
+def _assert_copies_16_bytes(doc: dict, dtype: str, variants: int) -> None:
+    """Every asynchronous copy (LDGSTS) of every GEMM kernel variant moves 16 bytes."""
+    copies = doc["reports"][dtype]["async_copies"]
+    assert len(copies) == variants
+    for c in copies:
+        looped = c["layer"] != "enc0.conv1"  # the one-step K of the first conv copies nothing
+        assert set(c["bytes"]) == ({"16"} if looped else set()), c
+
+
+def test_paper_network_tf32_weights_copied_16_bytes(tmp_path):
+    """TF32 wgmma reads its weight operand K-major: the weights are packed K-contiguous so that
+    the pipeline copies them 16 bytes at a time (packed N-contiguous, 80% of the copies moved 4
+    bytes), in every autotuning candidate, without spills."""
+    doc = _report(tmp_path, "--model", "paper", "--dtypes", "tf32", "--base-channels", "64")
+    kernels = _kernels(doc, "tf32")
+    gemm = kernels["conv3x3_kernel"] + kernels["upconv2x2_kernel"]
+    for k in gemm:
+        assert k["sass"].get("HGMMA", 0) > 0 and k["local_bytes"] == 0, k
+        assert k["registers"] <= 255, k
+    _assert_copies_16_bytes(doc, "tf32", len(gemm))
+    assert doc["reports"]["tf32"]["problems"] == []
 
 
 def test_same_network_other_precisions_and_unfused_pool(tmp_path):

@@ -43,7 +43,8 @@ MAX_HEAD_CHANNELS = 256
 
 @dataclass(frozen=True)
 class PackedConv3x3:
-    """A BatchNorm-folded 3x3 convolution in the GEMM layout ``[9 * C_in, C_out]``."""
+    """A BatchNorm-folded 3x3 convolution in the GEMM layout ``[9 * C_in, C_out]``, stored
+    K-contiguous (:func:`unet_fast.triton_kernels.conv3x3.pack_conv3x3_weight`)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -52,7 +53,8 @@ class PackedConv3x3:
 
 @dataclass(frozen=True)
 class PackedUpconv:
-    """A 2x2 stride-2 up-convolution in the GEMM layout ``[C_in, 4 * C_out]``."""
+    """A 2x2 stride-2 up-convolution in the GEMM layout ``[C_in, 4 * C_out]``, stored
+    K-contiguous."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -89,11 +91,12 @@ def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNe
     from ..triton_kernels.conv3x3 import pack_conv3x3_weight, pack_head_weight
     from ..triton_kernels.upconv import pack_upconv_weight
 
+    # rounded before packing: round_to_tf32 returns a dense tensor, the packing's strides matter
     def operand(w: torch.Tensor) -> torch.Tensor:
         return round_to_tf32(w) if tf32 else w
 
     def conv(folded: FoldedConv) -> PackedConv3x3:
-        return PackedConv3x3(operand(pack_conv3x3_weight(folded.weight)),
+        return PackedConv3x3(pack_conv3x3_weight(operand(folded.weight)),
                              folded.bias.contiguous(), folded.padding)
 
     def pair(block):
@@ -104,7 +107,7 @@ def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNe
     for block in model.decoder:
         up = None
         if block.up is not None:
-            up = PackedUpconv(operand(pack_upconv_weight(block.up.weight.detach().to(dtype))),
+            up = PackedUpconv(pack_upconv_weight(operand(block.up.weight.detach().to(dtype))),
                               block.up.bias.detach().to(dtype).contiguous()
                               if block.up.bias is not None else None)
         decoder.append((up, *pair(block)))
@@ -113,7 +116,7 @@ def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNe
         encoder=[pair(b) for b in model.encoder],
         bottleneck=pair(model.bottleneck),
         decoder=decoder,
-        head_weight=operand(pack_head_weight(head.weight)),
+        head_weight=pack_head_weight(operand(head.weight)),
         head_bias=head.bias.contiguous(),
     )
 
