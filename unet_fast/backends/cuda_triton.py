@@ -29,7 +29,7 @@ from ..dispatch import compute_dtype
 from ..launch_hints import autotune
 from ..packing import FoldedConv, fold_conv
 from ..weight_checks import check_weights
-from . import self_check
+from . import _graphs, self_check
 from .stock import StockBackend
 
 if TYPE_CHECKING:
@@ -134,9 +134,12 @@ class CudaTritonBackend:
             False a standalone ``maxpool2x2`` kernel runs after it instead (same numbers; for
             debugging and for comparing the two on a GPU).
         cuda_graphs: capture the whole forward in a CUDA graph per (input shape, dtype, TF32
-            setting) and replay it; removes the ~25 kernel launches' CPU overhead, which
-            dominates at batch 1. Graphs live in ``model.weight_cache`` (so they are rebuilt when
-            the weights change) and each holds its own activation memory. Off by default.
+            setting) and replay it: one launch instead of ~22, whose host time exceeds the GPU's
+            at batch 1 (benchmarks/NOTES.md). Graphs live in ``model.weight_cache`` (so they are
+            rebuilt when the weights change) and each holds its own activation memory; the first
+            call per shape runs the forward twice (warm-up, capture). None (default): for
+            batches of at most ``_graphs.AUTO_MAX_BATCH`` (4); True: every batch; False: never.
+            Never while the caller captures a graph itself (the kernels are recorded into it).
         max_graphs: how many input shapes keep a graph (least recently used dropped first).
         self_check: before the kernels first serve a (device, dtype, TF32 setting, network
             config), check them on a small input against stock PyTorch and float64
@@ -155,7 +158,7 @@ class CudaTritonBackend:
     # inside the graph and no CUDA graph is captured (see unet_fast.tracing).
     traceable = True
 
-    def __init__(self, fuse_pool: bool = True, cuda_graphs: bool = False,
+    def __init__(self, fuse_pool: bool = True, cuda_graphs: bool | None = None,
                  max_graphs: int = 4, self_check: bool | None = None,
                  autotune: bool | None = None) -> None:
         if max_graphs < 1:
@@ -243,14 +246,12 @@ class CudaTritonBackend:
 
     def _forward_kernels(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool
                          ) -> torch.Tensor:
-        if self.cuda_graphs and x.is_cuda:
+        if _graphs.wanted(self.cuda_graphs, x):
             return self._replay(model, x, dtype, tf32)
         return self._run(self._packed(model, x, dtype, tf32), x, tf32)
 
     def _replay(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool
                 ) -> torch.Tensor:
-        from . import _graphs
-
         key = (self.name, "graph", x.device, dtype, tuple(x.shape), tf32, self.fuse_pool)
         return _graphs.replay(
             model, key, x, lambda t: self._run(self._packed(model, t, dtype, tf32), t, tf32),
