@@ -349,7 +349,8 @@ def batch_bucket(n: int) -> int:
 
 def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """Strides of a logical NCHW tensor in (n, h, w, c) order."""
-    return t.stride(0), t.stride(2), t.stride(3), t.stride(1)
+    s = t.stride()  # one call, not four: this runs for four tensors per launch
+    return s[0], s[2], s[3], s[1]
 
 
 def join_offsets(skip_hw: tuple[int, int], up_hw: tuple[int, int], same: bool
@@ -432,7 +433,7 @@ def conv3x3_launch(
         kernel[grid](
             x, *_nhwc_strides(x), c1, x.shape[2], x.shape[3], oy1, ox1,
             src2, *_nhwc_strides(src2), c2, src2.shape[2], src2.shape[3], oy2, ox2,
-            weight, weight.stride(0), weight.stride(1), bias if bias is not None else weight, c_out,
+            weight, *weight.stride(), bias if bias is not None else weight, c_out,
             out, *_nhwc_strides(out), h_out, w_out,
             p, *_nhwc_strides(p),
             head_weight if head else weight, head_bias if head_bias is not None else weight,

@@ -98,7 +98,7 @@ def upconv2x2_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     grid = (triton.cdiv(pixels, cfg["BLOCK_M"]), triton.cdiv(4 * c_out, cfg["BLOCK_N"]))
     kernel[grid](
         x, x.stride(0), x.stride(2), x.stride(3), x.stride(1), c_in, h, w,
-        weight, weight.stride(0), weight.stride(1), bias if bias is not None else weight, c_out,
+        weight, *weight.stride(), bias if bias is not None else weight, c_out,
         out, out.stride(0), out.stride(2), out.stride(3), out.stride(1),
         pixels,
         HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype, allow_tf32),
