@@ -6,8 +6,8 @@ needed) and report registers, spills, shared memory and the Hopper instructions 
 
 ``--check`` exits 1 when a kernel spills, overflows shared memory, or (bf16/fp16/TF32) a GEMM
 kernel lacks wgmma or asynchronous copies, or has an asynchronous copy narrower than 16 bytes
-(TF32 weights packed N-contiguous were copied 4 bytes at a time). Needs a process without
-TRITON_INTERPRET=1.
+where its tiles allow 16 (TF32 weights packed N-contiguous were copied 4 bytes at a time).
+Needs a process without TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -94,10 +94,22 @@ def async_copies(layers, arch: int, all_configs: bool) -> list[dict]:
     return out
 
 
-def narrow_copies(copies: list[dict]) -> list[str]:
-    """One line per kernel variant with an asynchronous copy narrower than 16 bytes."""
+def tiles_fill_16_bytes(config: dict, itemsize: int) -> bool:
+    """Whether both GEMM operand tiles of a variant hold 16 bytes per thread: a smaller tile (a
+    16x16 weight tile of a 16-channel layer, say) cannot be copied 16 bytes at a time whatever
+    its layout."""
+    m = config.get("BLOCK_M") or config["BLOCK_H"] * config["BLOCK_W"]
+    k, n = config["BLOCK_K"], config["BLOCK_N"]
+    return min(m, n) * k * itemsize >= 16 * 32 * config["num_warps"]
+
+
+def narrow_copies(copies: list[dict], itemsize: int) -> list[str]:
+    """One line per kernel variant with an asynchronous copy narrower than 16 bytes (variants
+    whose tiles are too small for 16-byte copies are not judged)."""
     lines = []
     for c in copies:
+        if not tiles_fill_16_bytes(c["config"], itemsize):
+            continue
         narrow = sum(n for b, n in c["bytes"].items() if int(b) < 16)
         if narrow:
             total = sum(c["bytes"].values())
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         issues = problems(kernels, tensor_cores=name != "fp32")
         copies = async_copies(plan.layers, args.arch, all_configs=not args.first_config_only)
         if name != "fp32":  # IEEE fp32 runs on the FMA units: its operand layout is free
-            issues += narrow_copies(copies)
+            issues += narrow_copies(copies, dtype.itemsize)
         found += [f"{name}: {line}" for line in issues]
         print(f"\n{args.model} {size}x{size} batch {args.batch}, {name}, sm_{args.arch}, triton "
               f"{triton.__version__} ({time.perf_counter() - t0:.0f} s to compile)")

@@ -143,6 +143,22 @@ def test_wide_head_candidates_do_not_spill(tmp_path):
     assert proc.stdout.count("no spills") == 3
 
 
+def test_narrow_copies_judged_only_where_the_tiles_allow_16_bytes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compile_report_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    big = {"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_K": 32, "BLOCK_N": 128, "num_warps": 4}
+    small = {**big, "BLOCK_K": 16, "BLOCK_N": 16}  # 16x16 fp32 weights: 8 bytes a thread
+    copies = [{"layer": "a", "kernel": "conv3x3_kernel", "config": c, "bytes": {"4": 8, "16": 8}}
+              for c in (big, small)]
+    (line,) = script.narrow_copies(copies, 4)
+    assert line.startswith("a conv3x3_kernel") and "8 of 16" in line and "'BLOCK_N': 128" in line
+    assert script._copy_bytes(".E.BYPASS.128") == 16 and script._copy_bytes(".E") == 4
+    assert script._copy_bytes(".E.64") == 8
+
+
 def test_refuses_interpreter_process():
     env = {**_env(), "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
