@@ -6,10 +6,12 @@ by tests/test_triton_gpu.py on a GPU."""
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from unet_fast.backends import _graphs
 from unet_fast.backends.cuda_triton import CudaTritonBackend
 
 from .test_triton_model import make_models
@@ -119,3 +121,55 @@ def test_graph_captured_across_a_weight_update_is_not_kept(fake_cuda, monkeypatc
         out = backend._replay(fast, x, torch.float32, False)  # a hit: the fake replay is a no-op
     assert rel_l2(out, reference64(ref, x)) < 1e-5
     assert len(packs) == 2  # repacked after the update, once
+
+
+def _input(batch: int, cuda: bool = True):
+    """What :func:`_graphs.wanted` reads of an input (a CPU device: no CUDA device guard)."""
+    return SimpleNamespace(is_cuda=cuda, shape=(batch, 3, 8, 8), device=torch.device("cpu"))
+
+
+def test_graphs_on_by_default_for_small_batches_only(monkeypatch):
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    limit = _graphs.AUTO_MAX_BATCH
+    assert CudaTritonBackend().cuda_graphs is None
+    assert CudaTritonBackend().fallback.cuda_graphs is None  # the stock fallback follows it
+    assert [_graphs.wanted(None, _input(b)) for b in (1, limit, limit + 1, 16)] == [
+        True, True, False, False]
+    assert _graphs.wanted(True, _input(16)) and not _graphs.wanted(False, _input(1))
+    assert not any(_graphs.wanted(s, _input(1, cuda=False)) for s in (None, True))
+    # a caller capturing the forward into its own graph gets the kernels recorded there
+    capturing[0] = True
+    assert not any(_graphs.wanted(s, _input(1)) for s in (None, True))
+
+
+class NamedStream:
+    def __init__(self, name):
+        self.name, self.waited = name, []
+
+    def __eq__(self, other):
+        return isinstance(other, NamedStream) and other.name == self.name
+
+    __hash__ = object.__hash__
+
+    def wait_stream(self, other):
+        self.waited.append(getattr(other, "name", "capture's side stream"))
+
+
+def test_replays_on_another_stream_wait_for_the_previous_one(fake_cuda, monkeypatch):
+    """One graph has one static input and output: a replay queued on another stream than the
+    previous one first waits for it (on the same stream, queue order already serialises them)."""
+    _, fast = make_models("same", None, "transpose")
+    backend = CudaTritonBackend(cuda_graphs=True)
+    x = torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    streams = {"current": NamedStream("a")}
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: streams["current"])
+    with torch.inference_mode():
+        backend._replay(fast, x, torch.float32, False)  # captured from stream a
+        streams["current"] = NamedStream("a")
+        backend._replay(fast, x, torch.float32, False)
+        assert streams["current"].waited == []
+        streams["current"] = NamedStream("b")
+        backend._replay(fast, x, torch.float32, False)
+        assert streams["current"].waited == ["a"]
+    assert fake_cuda.captures == 1

@@ -1,6 +1,7 @@
 """Every Triton kernel of the GPU forward compiles for sm_90 (H100/H200) on this machine, with the
-JIT's own specialisation, and the machine code is what Hopper needs: wgmma and asynchronous
-copies for bf16/fp16/TF32, no tensor cores for IEEE fp32, no spills, shared memory in bounds.
+JIT's own specialisation, and the machine code is what Hopper needs: wgmma and 16-byte
+asynchronous copies for bf16/fp16/TF32, no tensor cores for IEEE fp32, no spills, shared memory
+in bounds.
 No GPU needed (benchmarks/compile_report.py); catches what the interpreter cannot."""
 
 from __future__ import annotations
@@ -60,6 +61,30 @@ def test_paper_network_bf16_every_autotune_candidate(tmp_path):
         assert k["config"].get("FLAT_K") == (16 if first else None), k
         assert first or k["sass"].get("LDGSTS", 0) > 0, k
     assert doc["reports"]["bf16"]["problems"] == []
+    _assert_copies_16_bytes(doc, "bf16", len(convs) + len(kernels["upconv2x2_kernel"]))
+
+
+def _assert_copies_16_bytes(doc: dict, dtype: str, variants: int) -> None:
+    """Every asynchronous copy (LDGSTS) of every GEMM kernel variant moves 16 bytes."""
+    copies = doc["reports"][dtype]["async_copies"]
+    assert len(copies) == variants
+    for c in copies:
+        looped = c["layer"] != "enc0.conv1"  # the one-step K of the first conv copies nothing
+        assert set(c["bytes"]) == ({"16"} if looped else set()), c
+
+
+def test_paper_network_tf32_weights_copied_16_bytes(tmp_path):
+    """TF32 wgmma reads its weight operand K-major: the weights are packed K-contiguous so that
+    the pipeline copies them 16 bytes at a time (packed N-contiguous, 80% of the copies moved 4
+    bytes), in every autotuning candidate, without spills."""
+    doc = _report(tmp_path, "--model", "paper", "--dtypes", "tf32", "--base-channels", "64")
+    kernels = _kernels(doc, "tf32")
+    gemm = kernels["conv3x3_kernel"] + kernels["upconv2x2_kernel"]
+    for k in gemm:
+        assert k["sass"].get("HGMMA", 0) > 0 and k["local_bytes"] == 0, k
+        assert k["registers"] <= 255, k
+    _assert_copies_16_bytes(doc, "tf32", len(gemm))
+    assert doc["reports"]["tf32"]["problems"] == []
 
 
 def test_same_network_other_precisions_and_unfused_pool(tmp_path):
@@ -116,6 +141,22 @@ def test_wide_head_candidates_do_not_spill(tmp_path):
                           env=_env(), timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count("no spills") == 3
+
+
+def test_narrow_copies_judged_only_where_the_tiles_allow_16_bytes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compile_report_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    big = {"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_K": 32, "BLOCK_N": 128, "num_warps": 4}
+    small = {**big, "BLOCK_K": 16, "BLOCK_N": 16}  # 16x16 fp32 weights: 8 bytes a thread
+    copies = [{"layer": "a", "kernel": "conv3x3_kernel", "config": c, "bytes": {"4": 8, "16": 8}}
+              for c in (big, small)]
+    (line,) = script.narrow_copies(copies, 4)
+    assert line.startswith("a conv3x3_kernel") and "8 of 16" in line and "'BLOCK_N': 128" in line
+    assert script._copy_bytes(".E.BYPASS.128") == 16 and script._copy_bytes(".E") == 4
+    assert script._copy_bytes(".E.64") == 8
 
 
 def test_refuses_interpreter_process():

@@ -164,14 +164,14 @@ def test_cuda_graph_replay_matches_eager(paper):
     from unet_fast.backends.cuda_triton import CudaTritonBackend
 
     _, fast, x, _ = paper
-    graphed = CudaTritonBackend(cuda_graphs=True)
+    graphed, launched = CudaTritonBackend(cuda_graphs=True), CudaTritonBackend(cuda_graphs=False)
     with torch.inference_mode():
-        eager = CudaTritonBackend().forward(fast, x)
+        eager = launched.forward(fast, x)
         first = graphed.forward(fast, x)
         x2 = torch.randn_like(x)
         second = graphed.forward(fast, x2)  # replay with new input data
         torch.testing.assert_close(first, eager, rtol=0, atol=0)
-        torch.testing.assert_close(second, CudaTritonBackend().forward(fast, x2), rtol=0, atol=0)
+        torch.testing.assert_close(second, launched.forward(fast, x2), rtol=0, atol=0)
         with torch.no_grad():
             fast.head.bias.add_(1.0)  # a weight change re-captures
         try:

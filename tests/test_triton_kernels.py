@@ -139,6 +139,47 @@ def test_conv3x3_head_epilogue(dtype, padding, c_out, classes):
     assert_matches(y, ref, dtype)
 
 
+@pytest.mark.parametrize("c_in,c_out", [(1, 64), (3, 5), (5, 7), (16, 33), (64, 8)])
+def test_packed_weights_are_k_contiguous(c_in, c_out):
+    """Both GEMM weights are stored K-contiguous (16-byte copies for a TF32 wgmma operand),
+    rows padded to 16 elements; element ``[tap * C_in + c, co]`` is ``W[co, c, ky, kx]``."""
+    wt = rand(c_out, c_in, 3, 3)
+    w = kconv.pack_conv3x3_weight(wt)
+    assert w.shape == (9 * c_in, c_out) and w.stride(0) == 1
+    assert w.stride(1) % 16 == 0 and 9 * c_in <= w.stride(1) < 9 * c_in + 16
+    for co in range(c_out):
+        for c in range(c_in):
+            for ky in range(3):
+                for kx in range(3):
+                    assert w[(3 * ky + kx) * c_in + c, co] == wt[co, c, ky, kx]
+    ut = rand(c_in, c_out, 2, 2)
+    u = kup.pack_upconv_weight(ut)
+    assert u.shape == (c_in, 4 * c_out) and u.stride(0) == 1 and u.stride(1) % 16 == 0
+    for c in range(c_in):
+        for co in range(c_out):
+            for dy in range(2):
+                for dx in range(2):
+                    assert u[c, (2 * dy + dx) * c_out + co] == ut[c, co, dy, dx]
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_ops_take_packed_weights_with_any_strides(dtype):
+    """The layout is the packing's choice: the same GEMM weight stored N-contiguous (dense) or
+    with gaps gives the same numbers."""
+    x = rand(2, 6, 7, 9, dtype=dtype)
+    wt, b = conv_weights(6, 10, dtype)
+    ref = kconv.conv3x3_reference(x.double(), wt.double(), b.double(), 1)
+    packed = kconv.pack_conv3x3_weight(wt)
+    gapped = torch.zeros(2 * packed.shape[0], packed.shape[1], dtype=dtype, device=DEVICE)[::2]
+    gapped.copy_(packed)
+    for w in (packed.contiguous(), gapped):
+        assert_matches(fused.conv3x3(x, w, b, 1, True, False), ref, dtype)
+    ut = rand(6, 4, 2, 2, dtype=dtype, scale=6 ** -0.5)
+    up = kup.pack_upconv_weight(ut)
+    assert_matches(fused.upconv2x2(x, up.contiguous(), None, False),
+                   kup.upconv2x2_reference(x.double(), ut.double(), None), dtype)
+
+
 @pytest.mark.parametrize("dtype,batch,kind,c_in,c_out,h,w", [
     (F32, 1, "cl", 7, 5, 5, 7), (F32, 3, "strided", 20, 9, 3, 4),
     (F16, 1, "nchw", 17, 6, 4, 5), (F16, 3, "cl", 6, 3, 5, 3), (BF16, 1, "strided", 5, 4, 3, 3),

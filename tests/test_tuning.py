@@ -109,6 +109,26 @@ def test_recorded_and_pinned_tiles_win(record, monkeypatch):
         assert tuning.choose(KEY, BF16, False, CPU) == tuning.Choice(pin, "pinned")
 
 
+def test_choice_is_looked_up_once_per_launch_key(record, monkeypatch):
+    """A launch's recorded or default tile is worked out once (the record's key text and the
+    rule are not free at ~20 launches per forward); a newly recorded tile, or tuning asked for,
+    is still seen on the next launch."""
+    reads = []
+    real_get = record.get
+    monkeypatch.setattr(record, "get", lambda *a: reads.append(a) or real_get(*a))
+    first = tuning.choose(KEY, BF16, False, CPU)
+    assert first.source == "default" and tuning.choose(KEY, BF16, False, CPU) == first
+    assert len(reads) == 1
+    with launch_hints.autotune(True):
+        assert tuning.choose(KEY, BF16, False, CPU).source == "tune"
+    narrow = kconv.gpu_configs(BF16, False, 128, False)[-1]
+    record.put("cpu", KEY, narrow)
+    for _ in range(2):
+        chosen = tuning.choose(KEY, BF16, False, CPU)
+        assert chosen.source == "recorded" and tile(chosen.config) == tile(narrow)
+    assert len(reads) == 2
+
+
 def test_unreadable_record_is_empty(tmp_path):
     path = tmp_path / "tuning.json"
     path.write_text("{not json")

@@ -43,6 +43,27 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+# Row padding of the packed weights, in elements (a multiple of 16 bytes for every dtype).
+K_ALIGN = 16
+
+
+def pack_k_contiguous(w: torch.Tensor) -> torch.Tensor:
+    """``[N, K]`` -> the same values as a ``[K, N]`` GEMM operand stored K-contiguous: strides
+    ``(1, K')``, each of the N rows padded to ``K'``, a multiple of :data:`K_ALIGN` elements.
+
+    Hopper's wgmma reads a TF32 B operand only K-major from shared memory; a weight that is
+    K-contiguous in global memory too is then copied there in 16-byte pieces (N-contiguous ones
+    went 4 bytes at a time: benchmarks/compile_report.py). The padding keeps every row 16-byte
+    aligned for any K, and lets Triton see that (it specialises strides divisible by 16).
+    """
+    n, k = w.shape
+    if k % K_ALIGN == 0:
+        return w.contiguous().t()
+    rows = w.new_zeros((n, k + -k % K_ALIGN))  # zeros, not garbage, in the padding
+    rows[:, :k] = w
+    return rows[:, :k].t()
+
+
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
     """``tl.dot`` input precision: TF32 only for fp32 operands when PyTorch would allow it."""
     return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"

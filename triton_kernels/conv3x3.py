@@ -1,7 +1,8 @@
 """3x3 convolution + bias + ReLU as an implicit GEMM over NHWC activations.
 
 GEMM view: M = output pixels of one image, tiled as a ``BLOCK_H x BLOCK_W`` rectangle; N = C_out;
-K = 9 * C_in, ordered ``(tap, channel)`` so that the packed weight is ``[9 * C_in, C_out]``.
+K = 9 * C_in, ordered ``(tap, channel)`` so that the packed weight is ``[9 * C_in, C_out]``, stored
+K-contiguous (see :func:`pack_conv3x3_weight`; the kernel takes the weight's strides).
 Accumulation is fp32 whatever the operand dtype. With few input channels (9 * C_in <= 64: the
 first conv of the network) all (tap, channel) pairs form one K block instead of nine.
 
@@ -38,6 +39,7 @@ from ._common import (
     dot_precision,
     interpreter_upcast,
     next_pow2,
+    pack_k_contiguous,
     round_tf32,
     round_to_bf16_exact,
 )
@@ -45,7 +47,7 @@ from ._common import (
 
 @triton.jit
 def _accumulate_source(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, n,
-                       w_ptr, w_row0, c_in, co, n_ok, C_out,
+                       w_ptr, w_sk, w_sn, w_row0, c_in, co, n_ok,
                        PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
                        UPCAST: tl.constexpr):
     """``acc += im2col(source) @ W[rows of this source]`` for one source's channels.
@@ -67,7 +69,7 @@ def _accumulate_source(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, 
         pix = iy.to(tl.int64) * s_h + ix.to(tl.int64) * s_w
         a = tl.load(img + pix[:, None] + c.to(tl.int64)[None, :] * s_c, mask=ok[:, None] & c_ok[None, :],
                     other=0.0)
-        w = tl.load(w_ptr + (tap * c_in + w_row0 + c)[:, None] * C_out + co[None, :],
+        w = tl.load(w_ptr + (tap * c_in + w_row0 + c)[:, None] * w_sk + co[None, :] * w_sn,
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
@@ -78,7 +80,7 @@ def _accumulate_source(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, 
 
 @triton.jit
 def _accumulate_flat(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, n,
-                     w_ptr, co, n_ok, C_out,
+                     w_ptr, w_sk, w_sn, co, n_ok,
                      PAD: tl.constexpr, PRECISION: tl.constexpr, FLAT_K: tl.constexpr,
                      UPCAST: tl.constexpr):
     """``acc += im2col(x) @ W`` with all ``9 * C`` (tap, channel) pairs in one K block.
@@ -98,7 +100,7 @@ def _accumulate_flat(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, n,
     a = tl.load(src_ptr + n * s_n + off, mask=ok, other=0.0)
     if PRECISION == "tf32":
         a = round_tf32(a)  # the network's input is not on the TF32 grid (a few channels: cheap)
-    w = tl.load(w_ptr + k[:, None] * C_out + co[None, :], mask=k_ok[:, None] & n_ok[None, :],
+    w = tl.load(w_ptr + k[:, None] * w_sk + co[None, :] * w_sn, mask=k_ok[:, None] & n_ok[None, :],
                 other=0.0)
     if UPCAST:
         a = a.to(tl.float32)
@@ -112,7 +114,7 @@ def _accumulate_flat(acc, src_ptr, s_n, s_h, s_w, s_c, C, H, W, sy, sx, m_ok, n,
 def conv3x3_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy1, ox1,
     x2_ptr, x2_sn, x2_sh, x2_sw, x2_sc, C2, H2, W2, oy2, ox2,
-    w_ptr, b_ptr, C_out,
+    w_ptr, w_sk, w_sn, b_ptr, C_out,
     y_ptr, y_sn, y_sh, y_sw, y_sc, H_out, W_out,
     p_ptr, p_sn, p_sh, p_sw, p_sc,
     hw_ptr, hb_ptr, NUM_CLASSES, BATCH_BUCKET,
@@ -150,15 +152,15 @@ def conv3x3_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT_K > 0:
         acc = _accumulate_flat(acc, x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy + oy1,
-                               ox + ox1, m_ok, n, w_ptr, co, n_ok, C_out,
+                               ox + ox1, m_ok, n, w_ptr, w_sk, w_sn, co, n_ok,
                                PAD, PRECISION, FLAT_K, UPCAST)
     else:
         acc = _accumulate_source(acc, x_ptr, x_sn, x_sh, x_sw, x_sc, C1, H1, W1, oy + oy1,
-                                 ox + ox1, m_ok, n, w_ptr, 0, c_in, co, n_ok, C_out,
+                                 ox + ox1, m_ok, n, w_ptr, w_sk, w_sn, 0, c_in, co, n_ok,
                                  PAD, PRECISION, BLOCK_K, UPCAST)
     if HAS_X2:
         acc = _accumulate_source(acc, x2_ptr, x2_sn, x2_sh, x2_sw, x2_sc, C2, H2, W2, oy + oy2,
-                                 ox + ox2, m_ok, n, w_ptr, C1, c_in, co, n_ok, C_out,
+                                 ox + ox2, m_ok, n, w_ptr, w_sk, w_sn, C1, c_in, co, n_ok,
                                  PAD, PRECISION, BLOCK_K, UPCAST)
 
     if HAS_BIAS:
@@ -204,9 +206,11 @@ def conv3x3_kernel(
 
 
 def pack_conv3x3_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``[C_out, C_in, 3, 3]`` -> the GEMM layout ``[9 * C_in, C_out]`` (row = tap * C_in + c)."""
+    """``[C_out, C_in, 3, 3]`` -> the GEMM layout ``[9 * C_in, C_out]`` (row = tap * C_in + c),
+    stored K-contiguous (:func:`pack_k_contiguous`), for every dtype: bf16/fp16 copy in 16-byte
+    pieces either way, TF32 only this way. The launcher takes any strides."""
     c_out, c_in = weight.shape[:2]
-    return weight.permute(2, 3, 1, 0).reshape(9 * c_in, c_out).contiguous()
+    return pack_k_contiguous(weight.permute(0, 2, 3, 1).reshape(c_out, 9 * c_in))
 
 
 def pack_head_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -345,7 +349,8 @@ def batch_bucket(n: int) -> int:
 
 def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """Strides of a logical NCHW tensor in (n, h, w, c) order."""
-    return t.stride(0), t.stride(2), t.stride(3), t.stride(1)
+    s = t.stride()  # one call, not four: this runs for four tensors per launch
+    return s[0], s[2], s[3], s[1]
 
 
 def join_offsets(skip_hw: tuple[int, int], up_hw: tuple[int, int], same: bool
@@ -428,7 +433,7 @@ def conv3x3_launch(
         kernel[grid](
             x, *_nhwc_strides(x), c1, x.shape[2], x.shape[3], oy1, ox1,
             src2, *_nhwc_strides(src2), c2, src2.shape[2], src2.shape[3], oy2, ox2,
-            weight, bias if bias is not None else weight, c_out,
+            weight, *weight.stride(), bias if bias is not None else weight, c_out,
             out, *_nhwc_strides(out), h_out, w_out,
             p, *_nhwc_strides(p),
             head_weight if head else weight, head_bias if head_bias is not None else weight,

@@ -151,6 +151,9 @@ class TuningRecord:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._data: dict[str, dict[str, dict]] | None = None
+        # choose()'s recorded and default answers per (launch key, device): one dict lookup per
+        # launch instead of the key's text and the rule; dropped whenever a tile is recorded
+        self.chosen: dict[tuple, Choice] = {}
 
     def _file(self) -> Path:
         return self.path if self.path is not None else cache_dir() / "conv3x3-tuning.json"
@@ -174,6 +177,7 @@ class TuningRecord:
     def put(self, device: str, key: ConvKey, config: triton.Config) -> None:
         data = self._load()
         data.setdefault(self._scope(device), {})[key.text()] = config_meta(config)
+        self.chosen.clear()
         from unet_fast._atomic import atomic_path
 
         path = self._file()
@@ -251,15 +255,32 @@ def choose(key: ConvKey, dtype: torch.dtype, allow_tf32: bool, device: torch.dev
         return Choice(pin, "pinned")
     if _ALL.get():
         return Choice(None, "tune")
-    name, sms = device_info(device)
-    recorded = RECORD.get(name, key)
-    if recorded is not None:
-        return Choice(recorded, "recorded")
+    record = RECORD
+    memo = (key, device)
+    known = record.chosen.get(memo)  # (a recorded tile drops every memo: see put)
+    if known is None:
+        known = _recorded(record, key, device)
+    if known is not None and known.source == "recorded":
+        return known
     if tuning_requested() and budget_left() > 0:
         return Choice(None, "tune")
-    c_in = min(key.c1, key.c2) if key.c2 else key.c1
-    pixels = key.bucket * key.h_out * key.w_out
-    return Choice(_default(dtype, allow_tf32, c_in, key.c_out, key.head, pixels, sms), "default")
+    if known is None:
+        _, sms = device_info(device)
+        c_in = min(key.c1, key.c2) if key.c2 else key.c1
+        pixels = key.bucket * key.h_out * key.w_out
+        known = Choice(_default(dtype, allow_tf32, c_in, key.c_out, key.head, pixels, sms),
+                       "default")
+        record.chosen[memo] = known
+    return known
+
+
+def _recorded(record: TuningRecord, key: ConvKey, device: torch.device) -> Choice | None:
+    name, _ = device_info(device)
+    config = record.get(name, key)
+    if config is None:
+        return None
+    choice = record.chosen[key, device] = Choice(config, "recorded")
+    return choice
 
 
 @cache

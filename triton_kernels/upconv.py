@@ -16,6 +16,7 @@ from ._common import (
     INTERPRET,
     dot_precision,
     interpreter_upcast,
+    pack_k_contiguous,
     round_tf32,
     round_to_bf16_exact,
 )
@@ -24,7 +25,7 @@ from ._common import (
 @triton.jit
 def upconv2x2_kernel(
     x_ptr, x_sn, x_sh, x_sw, x_sc, C_in, H, W,
-    w_ptr, b_ptr, C_out,
+    w_ptr, w_sk, w_sn, b_ptr, C_out,
     y_ptr, y_sn, y_sh, y_sw, y_sc,
     num_pixels,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -50,8 +51,8 @@ def upconv2x2_kernel(
         c_ok = c < C_in
         a = tl.load(base[:, None] + c.to(tl.int64)[None, :] * x_sc, mask=m_ok[:, None] & c_ok[None, :],
                     other=0.0)
-        w = tl.load(w_ptr + c[:, None] * n4 + j[None, :], mask=c_ok[:, None] & j_ok[None, :],
-                    other=0.0)
+        w = tl.load(w_ptr + c[:, None] * w_sk + j[None, :] * w_sn,
+                    mask=c_ok[:, None] & j_ok[None, :], other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
@@ -73,9 +74,11 @@ def upconv2x2_kernel(
 
 
 def pack_upconv_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``ConvTranspose2d`` weight ``[C_in, C_out, 2, 2]`` -> ``[C_in, 4 * C_out]`` (tap-major)."""
+    """``ConvTranspose2d`` weight ``[C_in, C_out, 2, 2]`` -> ``[C_in, 4 * C_out]`` (tap-major),
+    stored K-contiguous like the 3x3 weights (:func:`._common.pack_k_contiguous`: 16-byte copies
+    in TF32 too). The launcher takes any strides."""
     c_in, c_out = weight.shape[:2]
-    return weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out).contiguous()
+    return pack_k_contiguous(weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in))
 
 
 def upconv2x2_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -95,7 +98,7 @@ def upconv2x2_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     grid = (triton.cdiv(pixels, cfg["BLOCK_M"]), triton.cdiv(4 * c_out, cfg["BLOCK_N"]))
     kernel[grid](
         x, x.stride(0), x.stride(2), x.stride(3), x.stride(1), c_in, h, w,
-        weight, bias if bias is not None else weight, c_out,
+        weight, *weight.stride(), bias if bias is not None else weight, c_out,
         out, out.stride(0), out.stride(2), out.stride(3), out.stride(1),
         pixels,
         HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype, allow_tf32),

@@ -29,7 +29,7 @@ from ..dispatch import compute_dtype
 from ..launch_hints import autotune
 from ..packing import FoldedConv, fold_conv
 from ..weight_checks import check_weights
-from . import self_check
+from . import _graphs, self_check
 from .stock import StockBackend
 
 if TYPE_CHECKING:
@@ -43,7 +43,8 @@ MAX_HEAD_CHANNELS = 256
 
 @dataclass(frozen=True)
 class PackedConv3x3:
-    """A BatchNorm-folded 3x3 convolution in the GEMM layout ``[9 * C_in, C_out]``."""
+    """A BatchNorm-folded 3x3 convolution in the GEMM layout ``[9 * C_in, C_out]``, stored
+    K-contiguous (:func:`unet_fast.triton_kernels.conv3x3.pack_conv3x3_weight`)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -52,7 +53,8 @@ class PackedConv3x3:
 
 @dataclass(frozen=True)
 class PackedUpconv:
-    """A 2x2 stride-2 up-convolution in the GEMM layout ``[C_in, 4 * C_out]``."""
+    """A 2x2 stride-2 up-convolution in the GEMM layout ``[C_in, 4 * C_out]``, stored
+    K-contiguous."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -89,11 +91,12 @@ def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNe
     from ..triton_kernels.conv3x3 import pack_conv3x3_weight, pack_head_weight
     from ..triton_kernels.upconv import pack_upconv_weight
 
+    # rounded before packing: round_to_tf32 returns a dense tensor, the packing's strides matter
     def operand(w: torch.Tensor) -> torch.Tensor:
         return round_to_tf32(w) if tf32 else w
 
     def conv(folded: FoldedConv) -> PackedConv3x3:
-        return PackedConv3x3(operand(pack_conv3x3_weight(folded.weight)),
+        return PackedConv3x3(pack_conv3x3_weight(operand(folded.weight)),
                              folded.bias.contiguous(), folded.padding)
 
     def pair(block):
@@ -104,7 +107,7 @@ def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNe
     for block in model.decoder:
         up = None
         if block.up is not None:
-            up = PackedUpconv(operand(pack_upconv_weight(block.up.weight.detach().to(dtype))),
+            up = PackedUpconv(pack_upconv_weight(operand(block.up.weight.detach().to(dtype))),
                               block.up.bias.detach().to(dtype).contiguous()
                               if block.up.bias is not None else None)
         decoder.append((up, *pair(block)))
@@ -113,7 +116,7 @@ def pack(model: UNet, dtype: torch.dtype, tf32: bool = False) -> PackedTritonUNe
         encoder=[pair(b) for b in model.encoder],
         bottleneck=pair(model.bottleneck),
         decoder=decoder,
-        head_weight=operand(pack_head_weight(head.weight)),
+        head_weight=pack_head_weight(operand(head.weight)),
         head_bias=head.bias.contiguous(),
     )
 
@@ -131,9 +134,12 @@ class CudaTritonBackend:
             False a standalone ``maxpool2x2`` kernel runs after it instead (same numbers; for
             debugging and for comparing the two on a GPU).
         cuda_graphs: capture the whole forward in a CUDA graph per (input shape, dtype, TF32
-            setting) and replay it; removes the ~25 kernel launches' CPU overhead, which
-            dominates at batch 1. Graphs live in ``model.weight_cache`` (so they are rebuilt when
-            the weights change) and each holds its own activation memory. Off by default.
+            setting) and replay it: one launch instead of ~22, whose host time exceeds the GPU's
+            at batch 1 (benchmarks/NOTES.md). Graphs live in ``model.weight_cache`` (so they are
+            rebuilt when the weights change) and each holds its own activation memory; the first
+            call per shape runs the forward twice (warm-up, capture). None (default): for
+            batches of at most ``_graphs.AUTO_MAX_BATCH`` (4); True: every batch; False: never.
+            Never while the caller captures a graph itself (the kernels are recorded into it).
         max_graphs: how many input shapes keep a graph (least recently used dropped first).
         self_check: before the kernels first serve a (device, dtype, TF32 setting, network
             config), check them on a small input against stock PyTorch and float64
@@ -152,7 +158,7 @@ class CudaTritonBackend:
     # inside the graph and no CUDA graph is captured (see unet_fast.tracing).
     traceable = True
 
-    def __init__(self, fuse_pool: bool = True, cuda_graphs: bool = False,
+    def __init__(self, fuse_pool: bool = True, cuda_graphs: bool | None = None,
                  max_graphs: int = 4, self_check: bool | None = None,
                  autotune: bool | None = None) -> None:
         if max_graphs < 1:
@@ -240,14 +246,12 @@ class CudaTritonBackend:
 
     def _forward_kernels(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool
                          ) -> torch.Tensor:
-        if self.cuda_graphs and x.is_cuda:
+        if _graphs.wanted(self.cuda_graphs, x):
             return self._replay(model, x, dtype, tf32)
         return self._run(self._packed(model, x, dtype, tf32), x, tf32)
 
     def _replay(self, model: UNet, x: torch.Tensor, dtype: torch.dtype, tf32: bool
                 ) -> torch.Tensor:
-        from . import _graphs
-
         key = (self.name, "graph", x.device, dtype, tuple(x.shape), tf32, self.fuse_pool)
         return _graphs.replay(
             model, key, x, lambda t: self._run(self._packed(model, t, dtype, tf32), t, tf32),

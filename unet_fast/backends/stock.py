@@ -75,13 +75,15 @@ class StockBackend:
 
     Args:
         cuda_graphs: replay the whole forward as a CUDA graph per (input shape, dtype, TF32 flag)
-            on CUDA inputs (ignored elsewhere).
+            on CUDA inputs (ignored elsewhere): True, False (default), or None for batches of
+            at most ``_graphs.AUTO_MAX_BATCH`` (the Triton backend's default, passed to its
+            fallback). Never while the caller captures a graph itself.
         max_graphs: how many input shapes keep a graph (least recently used dropped first).
     """
 
     name = "stock"
 
-    def __init__(self, cuda_graphs: bool = False, max_graphs: int = 4) -> None:
+    def __init__(self, cuda_graphs: bool | None = False, max_graphs: int = 4) -> None:
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.cuda_graphs = cuda_graphs
@@ -101,7 +103,7 @@ class StockBackend:
         same = model.config.padding == "same"
         # autocast would re-cast every folded weight on every call; the dtype is already chosen
         with torch.autocast(x.device.type, enabled=False):
-            if self.cuda_graphs and x.is_cuda:
+            if _graphs.wanted(self.cuda_graphs, x):
                 tf32 = torch.backends.cudnn.allow_tf32
                 key = (self.name, "graph", x.device, dtype, tuple(x.shape), tf32)
                 return _graphs.replay(

@@ -47,8 +47,9 @@ def _check(name: str, t: torch.Tensor, like: torch.Tensor, ndim: int = 4) -> Non
 
 def _check_packed(x_channels: int, weight: torch.Tensor, bias: torch.Tensor | None,
                   x: torch.Tensor) -> None:
-    if weight.dim() != 2 or weight.shape[0] != 9 * x_channels or not weight.is_contiguous():
-        raise ValueError(f"weight must be a contiguous packed [9 * C_in, C_out] = [{9 * x_channels}"
+    # any strides: the kernel takes them (pack_conv3x3_weight's K-contiguous ones are the fast ones)
+    if weight.dim() != 2 or weight.shape[0] != 9 * x_channels:
+        raise ValueError(f"weight must be a packed [9 * C_in, C_out] = [{9 * x_channels}"
                          f", C_out] tensor (pack_conv3x3_weight), got {tuple(weight.shape)}")
     _check("weight", weight, x, ndim=2)
     if bias is not None:
@@ -196,8 +197,8 @@ def conv3x3_head(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 def _upconv2x2_fake(x, weight, bias, allow_tf32):
     _check("x", x, x)
     _check("weight", weight, x, ndim=2)
-    if weight.shape[0] != x.shape[1] or weight.shape[1] % 4 or not weight.is_contiguous():
-        raise ValueError(f"weight must be a contiguous packed [C_in={x.shape[1]}, 4 * C_out] "
+    if weight.shape[0] != x.shape[1] or weight.shape[1] % 4:
+        raise ValueError(f"weight must be a packed [C_in={x.shape[1]}, 4 * C_out] "
                          f"tensor (pack_upconv_weight), got {tuple(weight.shape)}")
     c_out = weight.shape[1] // 4
     if bias is not None:
