@@ -42,10 +42,29 @@ class PackedConv:
 
 @dataclass(frozen=True)
 class PackedUp:
-    """A 2x2 stride-2 transposed convolution in the compute dtype (None for bilinear)."""
+    """A 2x2 stride-2 transposed convolution as one GEMM (None for bilinear): every input pixel
+    writes its own 2x2 output block, so ``out[2y + i, 2x + j] = x[y, x] @ weight[:, (i, j, :)]``.
+    ``weight`` is ``(C_in, 2 * 2 * C_out)``, ``bias`` repeated for the 4 positions."""
 
     weight: torch.Tensor
     bias: torch.Tensor
+
+
+def _pack_up(up: torch.nn.ConvTranspose2d, dtype: torch.dtype) -> PackedUp:
+    w = up.weight.detach()  # (C_in, C_out, 2, 2)
+    bias = up.bias.detach() if up.bias is not None else w.new_zeros(w.shape[1])
+    return PackedUp(w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).to(dtype).contiguous(),
+                    bias.repeat(4).to(dtype))
+
+
+def _upconv(x: torch.Tensor, up: PackedUp) -> torch.Tensor:
+    """aten's transposed convolution took ~10% of the paper network's CPU time; as one GEMM (on
+    the NHWC view) plus one copy that interleaves the 2x2 blocks it is about 3x faster."""
+    n, _, h, w = x.shape
+    c_out = up.weight.shape[1] // 4
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)
+    blocks = torch.addmm(up.bias, rows, up.weight).view(n, h, w, 2, 2, c_out)
+    return blocks.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out).permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -69,8 +88,7 @@ def pack(model: UNet, dtype: torch.dtype) -> PackedUNet:
     :mod:`unet_fast.weight_checks`).
     """
     check_weights(model)
-    layers = pack_layers(model, dtype, _pack_conv, lambda up: PackedUp(
-        up.weight.detach().to(dtype).contiguous(memory_format=_CL), up.bias.detach().to(dtype)))
+    layers = pack_layers(model, dtype, _pack_conv, lambda up: _pack_up(up, dtype))
     convs = [c for pair in layers.encoder for c in pair] + list(layers.bottleneck)
     convs += [c for _, c1, c2 in layers.decoder for c in (c1, c2)]
     blocks = [*model.encoder, model.bottleneck, *model.decoder]
@@ -120,7 +138,7 @@ class CpuOneDNNBackend:
         x = run.conv(c2, run.conv(c1, x))
         for (up, c1, c2), skip in zip(layers.decoder, reversed(skips), strict=True):
             if up is not None:
-                x = F.conv_transpose2d(x, up.weight, up.bias, stride=2)
+                x = _upconv(x, up)
             else:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
             x = run.conv(c2, run.conv(c1, x, skip=skip, same=same))
