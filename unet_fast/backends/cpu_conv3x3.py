@@ -36,6 +36,7 @@ _MIN_WINOGRAD_IN, _MIN_WINOGRAD_OUT = 8, 8
 # Layers with fewer multiply-adds (about a millisecond or less on one core) run direct without
 # being measured: what Winograd could save there is less than measuring it costs.
 _MIN_MEASURED_MACS = 50_000_000
+_ROUNDS = 3  # timed runs of each candidate when a layer is measured
 
 
 def forced_tactic() -> str | None:
@@ -147,23 +148,28 @@ class Conv3x3:
 
 
 def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor]) -> tuple[str, torch.Tensor]:
-    """Time ``run(tactic)`` for each of ``layer``'s candidates (best of two runs after building
-    the weights) and return the fastest tactic with its output. A candidate that needs more
-    memory than the one before it (direct < F(2x2) < F(4x4): 1x, 1.8x, 4x the weights) must be
-    10% faster to be chosen."""
-    best: tuple[float, str, torch.Tensor] | None = None
-    for tactic in layer.candidates():
-        seconds, out = float("inf"), None
-        for _ in range(2):
+    """Time ``run(tactic)`` for each of ``layer``'s candidates and return the fastest tactic with
+    its output: three rounds after building the weights, the candidates' order rotated each round
+    (so a slow spell of a shared machine does not fall on one candidate), best time of each. A
+    candidate that needs more memory than the one before it (direct < F(2x2) < F(4x4): 1x, 1.8x,
+    4x the weights) must be 5% faster to be chosen."""
+    tactics = layer.candidates()
+    seconds = dict.fromkeys(tactics, float("inf"))
+    outputs: dict[str, torch.Tensor] = {}
+    for tactic in tactics:
+        layer.form(tactic)
+    for r in range(_ROUNDS):
+        for tactic in tactics[r % len(tactics):] + tactics[:r % len(tactics)]:
             start = time.perf_counter()
-            y = run(tactic)
+            out = run(tactic)
             elapsed = time.perf_counter() - start
-            if elapsed < seconds:
-                seconds, out = elapsed, y
-        if best is None or seconds < 0.9 * best[0]:
-            best = (seconds, tactic, out)
-    assert best is not None
-    return best[1], best[2]
+            if elapsed < seconds[tactic]:
+                seconds[tactic], outputs[tactic] = elapsed, out
+    best = tactics[0]
+    for tactic in tactics[1:]:
+        if seconds[tactic] < 0.95 * seconds[best]:
+            best = tactic
+    return best, outputs[best]
 
 
 class Planner:
