@@ -149,8 +149,9 @@ class Conv3x3:
 
 def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor]) -> tuple[str, torch.Tensor]:
     """Time ``run(tactic)`` for each of ``layer``'s candidates and return the fastest tactic with
-    its output: three rounds after building the weights, the candidates' order rotated each round
-    (so a slow spell of a shared machine does not fall on one candidate), best time of each. A
+    its output. After one round over all of them (weights built first, not timed), the ones
+    within 20% of the best so far are timed twice more, the order rotated each round (so a slow
+    spell of a shared machine does not fall on one candidate); each keeps its best time. A
     candidate that needs more memory than the one before it (direct < F(2x2) < F(4x4): 1x, 1.8x,
     4x the weights) must be 5% faster to be chosen."""
     tactics = layer.candidates()
@@ -158,13 +159,18 @@ def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor]) -> tuple[str, to
     outputs: dict[str, torch.Tensor] = {}
     for tactic in tactics:
         layer.form(tactic)
+    contenders = tactics
     for r in range(_ROUNDS):
-        for tactic in tactics[r % len(tactics):] + tactics[:r % len(tactics)]:
+        for tactic in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
             start = time.perf_counter()
             out = run(tactic)
             elapsed = time.perf_counter() - start
             if elapsed < seconds[tactic]:
                 seconds[tactic], outputs[tactic] = elapsed, out
+        fastest_yet = min(seconds.values())
+        contenders = [t for t in tactics if seconds[t] <= 1.2 * fastest_yet]
+        if len(contenders) == 1:
+            break
     best = tactics[0]
     for tactic in tactics[1:]:
         if seconds[tactic] < 0.95 * seconds[best]:
