@@ -4,10 +4,10 @@ Every 3x3 layer can run as a direct oneDNN convolution or as one of the project'
 kernels (:mod:`unet_fast.winograd`, F(4x4, 3x3) and F(2x2, 3x3)). Which is fastest depends on the
 layer's channels, its spatial size and the machine, so the backend measures it: the first forward
 at a new input size times each candidate on that layer's real input (after building its weights,
-which is not timed) and keeps the fastest, layer by layer; the plan is cached beside the packed
-weights and dropped with them when the weights change. Forms no plan uses are freed, so only the
-chosen packed weights stay in memory (plus the folded weights a later new size may need to build
-another form).
+which is not timed) and keeps the fastest, layer by layer (see :func:`fastest`); the plan is
+cached beside the packed weights and dropped with them when the weights change. Forms no plan
+uses are freed as each layer is decided, so only the chosen packed weights stay in memory; a form
+that a later input size needs is built by folding the module's weights again.
 
 ``UNET_FAST_CPU_CONV`` overrides the measurement: ``direct``, ``winograd`` (F(4x4) in float32,
 F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels), ``winograd2``
