@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import torch
@@ -22,6 +23,8 @@ class FoldedConv:
     weight: torch.Tensor
     bias: torch.Tensor
     padding: int
+    # folds the source layers again, from their weights at the time of the call (None: no source)
+    refold: Callable[[], FoldedConv] | None = field(default=None, repr=False, compare=False)
 
 
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.BatchNorm2d
@@ -48,7 +51,8 @@ def fold_conv(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedCon
             w, b = fold_batchnorm(w, conv.bias, norm)
         else:
             b = conv.bias.double() if conv.bias is not None else w.new_zeros(w.shape[0])
-    return FoldedConv(w.to(dtype), b.to(dtype), conv.padding[0])
+    return FoldedConv(w.to(dtype), b.to(dtype), conv.padding[0],
+                      functools.partial(fold_conv, conv, norm, dtype))
 
 
 def fold_double_conv(block: DoubleConv, dtype: torch.dtype) -> tuple[FoldedConv, FoldedConv]:

@@ -86,7 +86,7 @@ class Conv3x3:
 
     def __init__(self, folded: FoldedConv) -> None:
         self.folded: FoldedConv | None = folded
-        self.refold: Callable[[], FoldedConv] = lambda: folded
+        self.refold: Callable[[], FoldedConv] = folded.refold or (lambda: folded)
         self.dtype = folded.weight.dtype
         self.in_channels = folded.weight.shape[1]
         self.out_channels = folded.weight.shape[0]
@@ -147,7 +147,8 @@ class Conv3x3:
         return winograd.conv3x3(x, packed, relu, skip=skip, same=same)
 
 
-def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor]) -> tuple[str, torch.Tensor]:
+def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor],
+            keep: Callable[[], bool] = lambda: True) -> tuple[str, torch.Tensor]:
     """Time ``run(tactic)`` for each of ``layer``'s candidates and return the fastest tactic with
     its output. After one round over all of them (weights built first, not timed), the ones
     within 20% of the best so far are timed twice more, the order rotated each round (so a slow
@@ -158,7 +159,7 @@ def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor]) -> tuple[str, to
     seconds = dict.fromkeys(tactics, float("inf"))
     outputs: dict[str, torch.Tensor] = {}
     for tactic in tactics:
-        layer.form(tactic)
+        layer.form(tactic, keep)
     contenders = tactics
     for r in range(_ROUNDS):
         for tactic in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
@@ -229,7 +230,7 @@ class _PlannedForward:
         if not layer.worth_measuring(x):
             tactic, out = DIRECT, layer.run(DIRECT, x, relu, skip, same, keep)
         else:
-            tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same, keep))
+            tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same, keep), keep)
         self.measured.append(tactic)
         self.planner.chosen(i, tactic)
         return out

@@ -11,7 +11,6 @@ accurate as fp16 compute; a one-time warning says so. Other dtypes fall back to 
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dispatch import compute_dtype
-from ..packing import FoldedConv, PackedLayers, fold_conv, pack_layers
+from ..packing import FoldedConv, PackedLayers, pack_layers
 from ..weight_checks import check_weights
 from .cpu_conv3x3 import Conv3x3, Planner, onednn_conv, onednn_pack
 
@@ -91,10 +90,6 @@ def pack(model: UNet, dtype: torch.dtype) -> PackedUNet:
     layers = pack_layers(model, dtype, _pack_conv, lambda up: _pack_up(up, dtype))
     convs = [c for pair in layers.encoder for c in pair] + list(layers.bottleneck)
     convs += [c for _, c1, c2 in layers.decoder for c in (c1, c2)]
-    blocks = [*model.encoder, model.bottleneck, *model.decoder]
-    modules = [pair for b in blocks for pair in ((b.conv1, b.norm1), (b.conv2, b.norm2))]
-    for conv, (module, norm) in zip(convs, modules, strict=True):
-        conv.refold = functools.partial(fold_conv, module, norm, dtype)
     packed = PackedUNet(layers, Planner(convs))
     # forms built after packing are kept only while this pack is still the current one
     packed.planner.keep = lambda: model.weight_cache.get(
