@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -514,10 +515,15 @@ def test_results_are_on_disk_after_every_case_when_the_run_is_killed(tmp_path, m
 def test_deadline_stops_starting_rows_and_writes_the_document(tmp_path, monkeypatch,
                                                               fake_ceilings, capsys):
     real = runner.prepare_row
+    # The runner's clock (its only use is the deadline) is faked: start-up takes no time and the
+    # first row 0.6 s, whatever this machine's speed (a real sleep failed on a slow CI machine,
+    # whose start-up alone took more than 0.5 s).
+    clock = [0.0]
+    monkeypatch.setattr(runner, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
     def slow_row(*args, **kwargs):
         live = real(*args, **kwargs)
-        time.sleep(0.6)
+        clock[0] += 0.6
         return live
 
     monkeypatch.setattr(runner, "prepare_row", slow_row)
