@@ -65,6 +65,24 @@ def test_deep_layer_within_bound(isa):
     assert rel_l2(y, ref) <= FP32_BOUND[4]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m", [4, 2])
+def test_large_weights_split_into_big_chunks_and_channel_groups(m, threads):
+    """F(4x4)'s weights here (9.7 MiB) pass the kernel's 6 MiB threshold and take the split for
+    large weights: chunks of 143 tiles (11 full micro-tiles and an 11-row remainder), one per
+    image, shared by groups of output-channel blocks when two threads need work. F(2x2)'s
+    (4.3 MiB) take the cache-bounded split, 1100 tiles ending in an 8-row micro-tile."""
+    x, weight, bias = _case(2, 700, 70, 45, 51)
+    ref = _oracle(x, weight, bias, 0, True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = winograd.conv3x3(x, winograd.pack(weight, bias, 0, m, torch.float32), True)
+    finally:
+        torch.set_num_threads(before)
+    assert rel_l2(y, ref) <= FP32_BOUND[m], rel_l2(y, ref)
+
+
 @pytest.mark.parametrize("isa", [p for p in ISAS if p.id == "portable"] + [pytest.param(
     "avx512", id="avx512", marks=pytest.mark.skipif(
         not winograd.isa_supported("avx512", torch.bfloat16), reason="CPU without AVX512-BF16"))])

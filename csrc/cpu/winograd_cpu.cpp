@@ -27,10 +27,52 @@ bool cpu_has_avx512(bool bf16) {
 #endif
 }
 
-// Cache budgets of one work item (see the work split below).
+// Cache budgets of one work item (see wino_split).
 constexpr int64_t kPointBytes = 256 << 10;
 constexpr int64_t kItemBytes = 768 << 10;
 constexpr int64_t kMaxRows = 32 * kWinoRows;
+constexpr int64_t kBigWeightBytes = 6 << 20;
+constexpr int64_t kBigPointBytes = 512 << 10;
+
+struct WinoSplit {
+  int64_t rows, chunks, groups;
+};
+
+// Work items are chunks of `rows` tiles x `groups` groups of 32-wide output-channel blocks.
+// - Small weights (U up to 6 MiB): a chunk's rows are bounded so its transformed input
+//   and GEMM results (points x rows x (Kp + Cout)) stay in L2 (768 KiB measured best on the
+//   2-core machine against 0.25-8 MiB) and one point's transformed input within 256 KiB.
+// - Large weights (U over 6 MiB): every chunk streams all of U from L3 or memory, so chunks take
+//   as many rows as one point's transformed input allows in 512 KiB of L2 (the results then live
+//   in L3). Measured on the paper network's layers (2 threads, interleaved): 1.3-1.9x faster
+//   from 256->256 channels up (U 9.4-151 MiB); at U 1.2-4.7 MiB the L2-bounded chunks stay
+//   8-34% faster, hence the threshold.
+// - Few chunks: output-channel groups share the work (each group transforms its chunk's input
+//   again, cheap next to the GEMMs when Cout is large).
+// - The item count is made a multiple of the thread count where it can be, so no thread idles
+//   through the last item.
+WinoSplit wino_split(const WinoParams& prm, int64_t ntiles, int64_t threads) {
+  const int64_t points = (prm.m + 2) * (prm.m + 2), ncob = (prm.cout + 31) / 32;
+  const int64_t esize = prm.bf16 ? 2 : 4, kp = prm.kp;
+  const int64_t u_bytes = points * kp * ncob * 32 * esize;
+  const bool big = u_bytes > kBigWeightBytes;
+  int64_t rows = std::min((big ? kBigPointBytes : kPointBytes) / (kp * esize), kMaxRows);
+  if (!big) rows = std::min(rows, kItemBytes / (points * (ncob * 32 * 4 + kp * esize)));
+  rows = std::max<int64_t>(rows / kWinoRows * kWinoRows, kWinoRows);
+  int64_t chunks = (ntiles + rows - 1) / rows;
+  if (chunks < 2 * threads && ncob < 2 * threads)  // too few output blocks to share: split tiles
+    chunks = std::min<int64_t>(2 * threads, (ntiles + kWinoRows - 1) / kWinoRows);
+  int64_t groups = 1;
+  if (chunks < 2 * threads) {
+    groups = std::min<int64_t>(ncob, (2 * threads + chunks - 1) / chunks);
+    while (groups < ncob && (chunks * groups) % threads) ++groups;
+  } else if (chunks % threads) {
+    chunks = std::min(ntiles, (chunks + threads - 1) / threads * threads);
+  }
+  rows = (ntiles + chunks - 1) / chunks;
+  chunks = (ntiles + rows - 1) / rows;
+  return {rows, chunks, groups};
+}
 
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -149,25 +191,11 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& a_in, const std::optional<at::
               "build) lacks AVX-512", prm.bf16 ? " with AVX512-BF16" : "");
   auto run = avx ? wino_avx512::run_work_item : wino_portable::run_work_item;
 
-  // Work items: chunks of tiles x groups of output-channel blocks. A chunk's rows are bounded
-  // so its transformed input and GEMM results (points x rows x (Kp + Cout)) stay in L2 (768 KiB
-  // measured best on the 2-core machine against 0.25-8 MiB) and one point's transformed input
-  // within 256 KiB; more rows would reuse each weight panel more but spill to L3. There must be at least two items per thread (each output-channel
-  // group transforms its chunk's input again, cheap next to the GEMMs when Cout is large).
+  // Work items: chunks of tiles x groups of output-channel blocks (see wino_split).
   const int64_t ntiles = batch * prm.tiles_y * prm.tiles_x;
-  const int64_t esize = prm.bf16 ? 2 : 4;
-  int64_t rows = std::min({kPointBytes / (kp * esize),
-                           kItemBytes / (points * (ncob * 32 * 4 + kp * esize)), kMaxRows});
-  rows = std::max<int64_t>(rows / kWinoRows * kWinoRows, 2 * kWinoRows);
   const int64_t threads = at::get_num_threads();
-  int64_t nchunks = (ntiles + rows - 1) / rows;
-  if (nchunks < 2 * threads && ncob < 2 * threads) {  // too few output blocks to share: split tiles
-    nchunks = std::min<int64_t>(2 * threads, (ntiles + kWinoRows - 1) / kWinoRows);
-  }
-  rows = ((ntiles + nchunks - 1) / nchunks + kWinoRows - 1) / kWinoRows * kWinoRows;
-  nchunks = (ntiles + rows - 1) / rows;
-  int64_t groups = 1;
-  if (nchunks < 2 * threads) groups = std::min<int64_t>(ncob, (2 * threads + nchunks - 1) / nchunks);
+  const WinoSplit split = wino_split(prm, ntiles, threads);
+  const int64_t rows = split.rows, nchunks = split.chunks, groups = split.groups;
   const int64_t items = nchunks * groups;
   const int64_t scratch = wino_scratch_bytes(prm, rows, (ncob + groups - 1) / groups);
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {

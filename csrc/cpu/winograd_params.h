@@ -29,7 +29,7 @@ struct WinoParams {
   int64_t out_sn, out_sh, out_sw;
 };
 
-// Bytes of scratch one work item of `rows` tiles (a multiple of kWinoRows) and `blocks` blocks
+// Bytes of scratch one work item of `rows` tiles and `blocks` blocks
 // of 32 output channels needs.
 constexpr int kWinoRows = 12;
 inline int64_t wino_scratch_bytes(const WinoParams& p, int64_t rows, int64_t blocks) {
