@@ -124,5 +124,6 @@ def test_launch_listing_matches_a_dry_run_of_the_workloads(manifest, tmp_path):
 
 def _short(record: dict) -> str:
     tiles = {k: v for k, v in record["constexprs"].items() if k.isupper()}
-    return (f"{record['kernel'].rsplit('.', 1)[1]} {tiles} w{record['num_warps']} "
-            f"s{record['num_stages']}")
+    dtypes = sorted({t for t in record["signature"].values() if t.startswith("*")})
+    return (f"{record['kernel'].rsplit('.', 1)[1]} {'/'.join(dtypes)} {tiles} "
+            f"w{record['num_warps']} s{record['num_stages']}")
