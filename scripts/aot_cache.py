@@ -1,16 +1,25 @@
 """Ahead-of-time Triton cache for a lent GPU (issue 15): compile here, on a CPU, every kernel the
 GPU session needs, so that the GPU compiles nothing of it (see unet_fast/aot_cache.py for how the
-keys are made to match).
+keys are made to match). The archive is committed as benchmarks/aot/aot-cache.tar.gz, which
+scripts/gpu_session.sh installs by default; tests/test_aot_archive_current.py fails once it is
+stale (kernel sources or launches changed since the build): then rebuild it and commit it.
 
     # the device's Triton wheel under the device's Python, for its triton_key (no torch needed):
     python3.12 -m venv /tmp/t312 && /tmp/t312/bin/pip install 'triton==3.6.0'
-    # on the CPU machine, with the device's Triton (3.6) in this interpreter, no TRITON_INTERPRET
-    # (about 30 minutes on a busy 2-core machine for the ~300 kernels; 10 MiB):
-    python scripts/aot_cache.py build --out .cache/aot-cache.tar.gz \
-        --target-python /path/to/python3.12-with-triton-3.6/bin/python
-    python scripts/aot_cache.py check .cache/aot-cache.tar.gz     # every launch's key present?
-    # on the GPU (scripts/gpu_session.sh does this when .cache/aot-cache.tar.gz is carried):
-    python scripts/aot_cache.py install .cache/aot-cache.tar.gz "$TRITON_CACHE_DIR"
+    # on the CPU machine, in a Python 3.11 venv with the CPU torch 2.13, 'triton==3.6.0' (the
+    # device's) and unet_fast importable, no TRITON_INTERPRET (about 30 minutes on a busy 2-core
+    # machine for the ~300 kernels; 10 MiB):
+    python scripts/aot_cache.py build --out benchmarks/aot/aot-cache.tar.gz \
+        --target-python /tmp/t312/bin/python
+    python scripts/aot_cache.py check benchmarks/aot/aot-cache.tar.gz   # every launch's key present?
+    # on the GPU (scripts/gpu_session.sh does this):
+    python scripts/aot_cache.py install benchmarks/aot/aot-cache.tar.gz "$TRITON_CACHE_DIR"
+
+The build also records in the archive's manifest what the CI test compares without Triton 3.6:
+the sha256 of the kernels' source files and a launch listing (kernel, argument dtypes, constexprs,
+specialisation, warps, stages per distinct kernel; the same under Triton 3.6 and 3.9). ``listing
+--out FILE`` writes that listing for the installed Triton (a dry run); ``add-listing`` adds it to
+an archive built without one (run with the archive's Triton; refused unless ``check`` passes).
 
 Workloads (--workloads, comma-separated; default all): ``gpu-tests`` (tests/test_triton_gpu.py:
 the paper network in IEEE fp32, TF32, fp16, bf16, the three fp32 variants, opcheck cases, the
@@ -148,12 +157,50 @@ def launch_all(names: list[str], on_kernel: Callable | None = None) -> int:
     return count
 
 
+def _extra(doc: dict) -> dict:
+    """The manifest fields that :func:`unet_fast.aot_cache.write_archive` takes as ``extra``."""
+    return {k: v for k, v in doc.items()
+            if k not in ("triton_version", "triton_key", "entries", "modules")}
+
+
 class _null:
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         return False
+
+
+def listing(names: list[str], tkey: str = "listing") -> tuple[int, dict[str, dict], list[dict]]:
+    """Dry run of the workloads under this interpreter's Triton: (launch count, the kernels'
+    cache key parts keyed with ``tkey`` (hash -> parts), their sorted launch records)."""
+    seen: dict[str, dict] = {}
+    records: dict[str, dict] = {}
+    with aot_cache.dry_run(tkey, seen), aot_cache.record_launches(records):
+        launches = launch_all(names)
+    return launches, seen, [records[k] for k in sorted(records)]
+
+
+def listing_diff(archived: list[dict], current: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(records launched now but not in the archive, archived records no longer launched)."""
+    def key(r):
+        return json.dumps(r, sort_keys=True)
+
+    old, new = {key(r) for r in archived}, {key(r) for r in current}
+    return ([r for r in current if key(r) not in old], [r for r in archived if key(r) not in new])
+
+
+def _revision() -> str:
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, text=True, capture_output=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+uncommitted" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("archive", type=Path)
     m.add_argument("--target-python", required=True)
     m.add_argument("--workloads", default=DEFAULT)
+    a = sub.add_parser("add-listing", help="record the workloads' launch listing and kernel "
+                       "source hashes in an archive built without them (same Triton as the build; "
+                       "refused unless every kernel is present)")
+    a.add_argument("archive", type=Path)
+    a.add_argument("--workloads", default=DEFAULT)
+    lst = sub.add_parser("listing", help="write the workloads' launch listing and kernel source "
+                         "hashes under this Triton (a dry run: compiles nothing)")
+    lst.add_argument("--out", type=Path, required=True)
+    lst.add_argument("--workloads", default=DEFAULT)
     i = sub.add_parser("install", help="unpack an archive into Triton's cache, keyed for here")
     i.add_argument("archive", type=Path)
     i.add_argument("cache_dir", type=Path)
@@ -208,42 +264,94 @@ def main(argv: list[str] | None = None) -> int:
             modules = aot_cache.build_modules(launchers, args.target_python, Path(cache))
             modules = sorted(set(doc.get("modules", [])) | set(modules))
             size = aot_cache.write_archive(Path(cache), doc["entries"], doc["triton_key"],
-                                           args.archive, modules)
+                                           args.archive, modules, _extra(doc))
         print(f"aot cache: {len(launchers)} launcher sources, {len(modules)} modules in "
               f"{args.archive} ({size / 2**20:.1f} MiB)")
+        return 0
+    if args.cmd == "listing":
+        launches, _, records = listing(names)
+        args.out.write_text(json.dumps({"launch_count": launches, "launches": records,
+                                        "kernel_sources": aot_cache.kernel_sources()}))
+        print(f"aot cache listing: {launches} launches, {len(records)} distinct kernels")
         return 0
     if args.cmd == "check":
         doc = aot_cache.read_manifest(args.archive)
         seen: dict[str, dict] = {}
+        records: dict[str, dict] = {}
         launchers: dict[str, str] = {}
         # every launch keyed as the build keyed it (same triton_key, this machine's ptxas)
-        with aot_cache.dry_run(doc["triton_key"], seen), aot_cache.collect_launchers(launchers):
+        with aot_cache.dry_run(doc["triton_key"], seen), aot_cache.collect_launchers(launchers), \
+                aot_cache.record_launches(records):
             launches = launch_all(names)
         missing = [part for h, part in seen.items() if h not in doc["entries"]]
         print(f"aot cache check: {launches} launches, {len(seen)} distinct kernels, "
               f"{len(missing)} missing from {args.archive.name} ({len(doc['entries'])} entries); "
               f"{len(launchers)} launcher sources, {len(doc.get('modules', []))} modules archived")
+        if "launches" in doc:
+            new, gone = listing_diff(doc["launches"], list(records.values()))
+            stale = [f for f, h in aot_cache.kernel_sources().items()
+                     if doc["kernel_sources"].get(f) != h]
+            print(f"aot cache check: launch listing {len(new)} new, {len(gone)} gone; kernel "
+                  f"sources changed since the build: {stale or 'none'}")
         if args.json:
             args.json.write_text(json.dumps(missing, indent=1))
         return 1 if missing else 0
+    if args.cmd == "add-listing":
+        import tarfile
+
+        import triton
+
+        doc = aot_cache.read_manifest(args.archive)
+        if doc["triton_version"] != triton.__version__:
+            print(f"aot cache: the archive holds Triton {doc['triton_version']} kernels; run "
+                  f"add-listing with that Triton (this one is {triton.__version__})",
+                  file=sys.stderr)
+            return 1
+        launches, seen, records = listing(names, doc["triton_key"])
+        missing = [h for h in seen if h not in doc["entries"]]
+        if missing or len(records) != len(seen):
+            print(f"aot cache: not listed: {len(missing)} of {len(seen)} kernels missing, "
+                  f"{len(records)} launch records", file=sys.stderr)
+            return 1
+        extra = {**_extra(doc), "launches": records,
+                 "kernel_sources": aot_cache.kernel_sources()}
+        extra.setdefault("build", {})["listed"] = {
+            "revision": _revision(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "launches": launches, "workloads": names}
+        with tempfile.TemporaryDirectory() as cache:
+            with tarfile.open(args.archive) as tar:
+                tar.extractall(cache, filter="data")
+            size = aot_cache.write_archive(Path(cache), doc["entries"], doc["triton_key"],
+                                           args.archive, doc.get("modules", []), extra)
+        print(f"aot cache: {len(records)} launch records ({launches} launches) added to "
+              f"{args.archive} ({size / 2**20:.1f} MiB)")
+        return 0
 
     tkey = (args.target_key_file.read_text().strip() if args.target_key_file
             else aot_cache.target_key(args.target_python))
     manifest: dict[str, dict] = {}
     launchers: dict[str, str] = {}
+    records: dict[str, dict] = {}
+    revision, date = _revision(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
         os.environ["TRITON_CACHE_DIR"] = cache
         from triton import knobs
 
         knobs.cache.dir = cache
-        with aot_cache.keyed_as(tkey, manifest), aot_cache.collect_launchers(launchers):
+        with aot_cache.keyed_as(tkey, manifest), aot_cache.collect_launchers(launchers), \
+                aot_cache.record_launches(records):
             launches = launch_all(names)
         modules = []
         if args.target_python:
             modules = aot_cache.build_modules(launchers, args.target_python, Path(cache))
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        size = aot_cache.write_archive(Path(cache), manifest, tkey, args.out, modules)
+        build = {"revision": revision, "date": date, "launches": launches, "workloads": names,
+                 "seconds": round(time.perf_counter() - start)}
+        size = aot_cache.write_archive(
+            Path(cache), manifest, tkey, args.out, modules,
+            {"launches": [records[k] for k in sorted(records)],
+             "kernel_sources": aot_cache.kernel_sources(), "build": build})
     from triton._C.libtriton import get_cache_invalidating_env_vars
 
     print(f"aot cache build: {launches} launches, {len(manifest)} kernels and {len(modules)} "

@@ -18,8 +18,10 @@
 #   the last phase and again at exit, so a call killed in its last phase still returns it.
 #
 # Carried caches: copy triton-cache.tar.gz from what comes back to .cache/triton-cache.tar.gz and
-# name `.cache` in the next call's `carry`. An ahead-of-time archive built on a CPU machine
-# (scripts/aot_cache.py build) goes to .cache/aot-cache.tar.gz the same way: it is checked
+# name `.cache` in the next call's `carry`. The ahead-of-time archive (kernels compiled on a CPU
+# machine by scripts/aot_cache.py build) is the committed benchmarks/aot/aot-cache.tar.gz, which
+# travels with the tree; AOT_ARCHIVE=<path> installs another one instead (AOT_ARCHIVE=none: none),
+# and a carried .cache/aot-cache.tar.gz takes precedence over the committed one. It is checked
 # against this machine's Triton (keys recomputed if they differ) and unpacked first. The session
 # log says how many kernels each phase compiled (new cache entries): 0 means the archive held
 # everything.
@@ -97,9 +99,18 @@ setup() {
   fi
   grep -m1 "unet_fast: building" "$OUT/build.log.tmp" | tee -a "$LOG"
   rm -f "$OUT/build.log.tmp"
-  if [ -f .cache/aot-cache.tar.gz ]; then
-    python3 scripts/aot_cache.py install .cache/aot-cache.tar.gz "$TRITON_CACHE_DIR" 2>&1 | tee -a "$LOG"
-    say "after the ahead-of-time archive: $(entries) cache entries"
+  local aot="${AOT_ARCHIVE:-}"
+  if [ -z "$aot" ]; then
+    aot=benchmarks/aot/aot-cache.tar.gz
+    [ -f .cache/aot-cache.tar.gz ] && aot=.cache/aot-cache.tar.gz
+  fi
+  if [ "$aot" = none ]; then
+    say "ahead-of-time archive: none (AOT_ARCHIVE=none)"
+  elif [ -f "$aot" ]; then
+    python3 scripts/aot_cache.py install "$aot" "$TRITON_CACHE_DIR" 2>&1 | tee -a "$LOG"
+    say "after the ahead-of-time archive $aot: $(entries) cache entries"
+  else
+    say "ahead-of-time archive $aot not found: every kernel compiles here"
   fi
   say "setup done"
 }

@@ -124,6 +124,76 @@ def dry_run(tkey: str, seen: dict[str, dict]) -> Iterator[None]:
         JITFunction._do_compile = real
 
 
+def _plain(value):
+    """A constexpr value as JSON (repr for anything but the plain scalars the kernels take)."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
+
+
+def launch_record(fn, signature: dict, constexprs: dict, options, attrs: dict) -> dict:
+    """What decides a compiled kernel, apart from its source and Triton's own build: its name,
+    the argument types, the constexpr values, the specialisation of the other arguments
+    (divisibility by 16, ...) and the launch options the launchers set. Arguments are named, not
+    numbered, and unspecialised ones left out, so Triton 3.6 and 3.9 give the same record."""
+    names = fn.arg_names
+    return {
+        "kernel": f"{fn.__module__}.{fn.__name__}",
+        "signature": dict(signature),
+        "constexprs": {names[i[0]]: _plain(v) for i, v in sorted(constexprs.items())},
+        "specialization": {names[i[0]]: [list(a) for a in v]
+                           for i, v in sorted(attrs.items()) if v},
+        **{k: getattr(options, k, None) for k in ("num_warps", "num_stages", "num_ctas",
+                                                   "maxnreg")},
+    }
+
+
+@contextlib.contextmanager
+def record_launches(records: dict[str, dict]) -> Iterator[None]:
+    """Within the block, the :func:`launch_record` of every kernel the JIT compiles (or would:
+    open it inside a :func:`dry_run` block) is added to ``records`` (its JSON -> record)."""
+    from triton.runtime.jit import JITFunction
+
+    inner = JITFunction._do_compile
+
+    def do_compile(self, key, signature, device, constexprs, options, attrs, warmup):
+        record = launch_record(self, signature, constexprs, options, attrs)
+        records[json.dumps(record, sort_keys=True)] = record
+        return inner(self, key, signature, device, constexprs, options, attrs, warmup)
+
+    JITFunction._do_compile = do_compile
+    try:
+        yield
+    finally:
+        JITFunction._do_compile = inner
+
+
+def kernel_sources() -> dict[str, str]:
+    """sha256 of the source file of each module the kernels are written in: every module of
+    ``unet_fast.triton_kernels`` and the unet_fast modules they import, keyed by module name (the
+    same for an editable and a regular install). A kernel's cache key covers its source, the
+    ``@triton.jit`` helpers it calls and its first line number, so any edit to these files may
+    change it."""
+    import importlib
+    import inspect
+    import pkgutil
+    import sys
+
+    import unet_fast.triton_kernels as pkg
+
+    modules = {pkg.__name__: pkg}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        modules[f"{pkg.__name__}.{info.name}"] = importlib.import_module(
+            f"{pkg.__name__}.{info.name}")
+    for m in list(modules.values()):
+        for value in vars(m).values():
+            owner = value if inspect.ismodule(value) else sys.modules.get(
+                getattr(value, "__module__", None) or "")
+            name = getattr(owner, "__name__", "")
+            if name.split(".")[0] == "unet_fast" and getattr(owner, "__file__", None):
+                modules.setdefault(name, owner)
+    return {name: hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()
+            for name, m in sorted(modules.items())}
+
+
 # What a cache hit loads: the metadata and the binary (Triton keeps the IRs only for inspection).
 _KEEP = (".json", ".cubin")
 
@@ -211,14 +281,15 @@ def build_modules(sources: dict[str, str], python: str, cache_dir: Path) -> list
 
 
 def write_archive(cache_dir: Path, manifest: dict[str, dict], tkey: str, out: Path,
-                  modules: list[str] | None = None) -> int:
+                  modules: list[str] | None = None, extra: dict | None = None) -> int:
     """Pack the entries of ``manifest`` found in ``cache_dir`` (metadata and cubin of each; the
     group files list only those) and the manifest into the ``.tar.gz`` ``out``; returns its size
-    in bytes."""
+    in bytes. ``extra``: more fields for ``manifest.json`` (``launches``, ``kernel_sources``,
+    ``build``: what tests/test_aot_archive_current.py compares with the tree)."""
     import triton
 
-    doc = {"triton_version": triton.__version__, "triton_key": tkey, "entries": manifest,
-           "modules": modules or []}
+    doc = {**(extra or {}), "triton_version": triton.__version__, "triton_key": tkey,
+           "entries": manifest, "modules": modules or []}
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(out, "w:gz") as tar:
         (Path(tmp) / MANIFEST).write_text(json.dumps(doc, indent=0, sort_keys=True))
         tar.add(Path(tmp) / MANIFEST, arcname=MANIFEST)
