@@ -27,6 +27,7 @@ import torch
 from .. import winograd
 from ..packing import FoldedConv
 from ..reference import join_skip
+from . import cpu_conv_memory
 
 DIRECT, WINOGRAD4, WINOGRAD2 = "direct", "winograd4", "winograd2"
 _FORCED = {"direct": DIRECT, "winograd": WINOGRAD4, "winograd2": WINOGRAD2}
@@ -105,6 +106,10 @@ class Conv3x3:
             return [DIRECT, WINOGRAD2]
         return [DIRECT]
 
+    def form_bytes(self, tactic: str) -> int:
+        """Bytes of this layer's packed weights in ``tactic``."""
+        return cpu_conv_memory.form_bytes(tactic, self.in_channels, self.out_channels, self.dtype)
+
     def worth_measuring(self, x: torch.Tensor) -> bool:
         """Whether this layer, on input ``x``, is large enough to time its candidates."""
         macs = x.shape[0] * x.shape[-2] * x.shape[-1] * self.in_channels * self.out_channels * 9
@@ -148,16 +153,21 @@ class Conv3x3:
 
 
 def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor],
-            keep: Callable[[], bool] = lambda: True) -> tuple[str, torch.Tensor]:
+            keep: Callable[[], bool] = lambda: True,
+            seconds: dict[str, float] | None = None) -> tuple[str, torch.Tensor]:
     """Time ``run(tactic)`` for each of ``layer``'s candidates and return the fastest tactic with
     its output. After one round over all of them (weights built first, not timed), the ones
     within 20% of the best so far are timed twice more, the order rotated each round (so a slow
     spell of a shared machine does not fall on one candidate); each keeps its best time. A
     candidate that needs more memory than the one before it (direct < F(2x2) < F(4x4): 1x, 1.8x,
-    4x the weights) must be 5% faster to be chosen."""
+    4x the weights) must be 5% faster to be chosen. ``seconds``, if given, receives each
+    candidate's best time."""
     tactics = layer.candidates()
-    seconds = dict.fromkeys(tactics, float("inf"))
-    outputs: dict[str, torch.Tensor] = {}
+    if seconds is None:
+        seconds = {}
+    seconds.update(dict.fromkeys(tactics, float("inf")))
+    # only the output of the best so far is kept: a paper-size layer's output is 80 MB
+    kept: tuple[str, torch.Tensor] | None = None
     for tactic in tactics:
         layer.form(tactic, keep)
     contenders = tactics
@@ -166,17 +176,26 @@ def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor],
             start = time.perf_counter()
             out = run(tactic)
             elapsed = time.perf_counter() - start
-            if elapsed < seconds[tactic]:
-                seconds[tactic], outputs[tactic] = elapsed, out
+            seconds[tactic] = min(seconds[tactic], elapsed)
+            if _pick(tactics, seconds) == tactic:
+                kept = (tactic, out)
+            del out
         fastest_yet = min(seconds.values())
         contenders = [t for t in tactics if seconds[t] <= 1.2 * fastest_yet]
         if len(contenders) == 1:
             break
+    best = _pick(tactics, seconds)
+    # (the best can change to a tactic whose output was dropped when another one got faster)
+    return best, kept[1] if kept is not None and kept[0] == best else run(best)
+
+
+def _pick(tactics: list[str], seconds: dict[str, float]) -> str:
+    """The fastest of ``tactics`` (in order of memory), a larger one only if 5% faster."""
     best = tactics[0]
     for tactic in tactics[1:]:
         if seconds[tactic] < 0.95 * seconds[best]:
             best = tactic
-    return best, outputs[best]
+    return best
 
 
 class Planner:
@@ -201,12 +220,38 @@ class Planner:
         with self._lock:
             self.layers[index].keep_only({tactic} | {p[index] for p in self.plans.values()})
 
-    def finish(self, key: tuple[int, ...], plan: list[str]) -> None:
+    def finish(self, key: tuple[int, ...], fastest: list[str],
+               seconds: list[dict[str, float]]) -> list[str]:
+        """Record the plan for ``key``: ``fastest`` (each layer's fastest tactic, ``seconds`` its
+        candidates' times; empty where not measured) cut down to the memory budget (see
+        :mod:`.cpu_conv_memory`). Builds the forms the plan needs that measuring did not keep,
+        frees every other form and the folded weights, and returns the freed heap to the OS."""
+        layers = self.layers
+        direct = sum(layer.form_bytes(DIRECT) for layer in layers)
+        extra = [{t: layer.form_bytes(t) - layer.form_bytes(DIRECT) for t in layer.candidates()}
+                 for layer in layers]
+        plan = cpu_conv_memory.budget_plan(seconds, extra, fastest,
+                                           cpu_conv_memory.memory_budget() * direct)
+        for layer, tactic in zip(layers, plan, strict=True):
+            layer.form(tactic, self.keep)  # built from the folded weights while they exist
         with self._lock:
             self.plans[key] = plan
-            for i, layer in enumerate(self.layers):
-                layer.keep_only({p[i] for p in self.plans.values()})
-                layer.folded = None  # later forms are built from refold()
+            self._drop_unused()
+        cpu_conv_memory.release_free_heap()
+        return plan
+
+    def forced_done(self) -> None:
+        """After a forward with a forced tactic: the folded weights are not needed any more."""
+        if any(layer.folded is not None for layer in self.layers):
+            with self._lock:
+                for layer in self.layers:
+                    layer.folded = None
+            cpu_conv_memory.release_free_heap()
+
+    def _drop_unused(self) -> None:
+        for i, layer in enumerate(self.layers):
+            layer.keep_only({p[i] for p in self.plans.values()})
+            layer.folded = None  # later forms are built from refold()
 
 
 class _PlannedForward:
@@ -214,6 +259,7 @@ class _PlannedForward:
                  forced: str | None) -> None:
         self.planner, self.key, self.plan, self.forced = planner, key, plan, forced
         self.measured: list[str] = []
+        self.seconds: list[dict[str, float]] = []
         self.index = 0
 
     def conv(self, layer: Conv3x3, x: torch.Tensor, relu: bool = True,
@@ -227,14 +273,19 @@ class _PlannedForward:
             return layer.run(tactic, x, relu, skip, same, keep)
         if self.plan is not None:
             return layer.run(self.plan[i], x, relu, skip, same, keep)
+        seconds: dict[str, float] = {}
         if not layer.worth_measuring(x):
             tactic, out = DIRECT, layer.run(DIRECT, x, relu, skip, same, keep)
         else:
-            tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same, keep), keep)
+            tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same, keep), keep,
+                                  seconds)
         self.measured.append(tactic)
+        self.seconds.append(seconds)
         self.planner.chosen(i, tactic)
         return out
 
     def done(self) -> None:
-        if self.plan is None and self.forced is None:
-            self.planner.finish(self.key, self.measured)
+        if self.forced is not None:
+            self.planner.forced_done()
+        elif self.plan is None:
+            self.planner.finish(self.key, self.measured, self.seconds)
