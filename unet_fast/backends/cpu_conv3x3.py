@@ -1,18 +1,30 @@
-"""The CPU backend's 3x3 convolutions: direct (oneDNN) or Winograd, chosen per layer by time.
+"""The CPU backend's 3x3 convolutions: direct (oneDNN) or Winograd, chosen per layer by time
+within a memory budget.
 
 Every 3x3 layer can run as a direct oneDNN convolution or as one of the project's Winograd
 kernels (:mod:`unet_fast.winograd`, F(4x4, 3x3) and F(2x2, 3x3)). Which is fastest depends on the
 layer's channels, its spatial size and the machine, so the backend measures it: the first forward
 at a new input size times each candidate on that layer's real input (after building its weights,
-which is not timed) and keeps the fastest, layer by layer (see :func:`fastest`); the plan is
-cached beside the packed weights and dropped with them when the weights change. Forms no plan
-uses are freed as each layer is decided, so only the chosen packed weights stay in memory; a form
-that a later input size needs is built by folding the module's weights again.
+which is not timed; the layer's candidate forms are alive together while it is timed, and only
+the best output so far is kept) and notes the fastest, layer by layer (see :func:`fastest`).
 
-``UNET_FAST_CPU_CONV`` overrides the measurement: ``direct``, ``winograd`` (F(4x4) in float32,
-F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels), ``winograd2``
-(F(2x2)), or ``auto`` (the default). Layers smaller than ``_MIN_MEASURED_MACS`` run direct in
-``auto`` without being measured.
+Winograd forms hold more memory than direct ones (F(4x4) 4x the layer's weights, F(2x2) 1.8x),
+and the layers that gain least per extra byte are the widest, which hold most of the weights.
+So at the end of that forward the plan is cut to a budget on the extra bytes
+(``UNET_FAST_CPU_CONV_MEMORY`` times the direct weights, default 0.25; see
+:mod:`.cpu_conv_memory`), spent where the measured time saved per extra byte is largest. The forms
+the plan uses are built then (the first call's own output came from the fastest forms), every
+other form and the folded weights are freed, and the C heap's freed pages go back to the OS.
+Measured on the paper tile in float32 (``benchmarks/cpu_memory.py``, the benchmark's peak RSS
+growth): 874 MB with no budget (F(4x4) almost everywhere, 427 MB of packed weights), ~600 MB with
+the default (144 MB), against 603-629 MB for eager PyTorch NCHW. The plan is cached beside the
+packed weights and dropped with them when the weights change; a form that a later input size
+needs is built by folding the module's weights again.
+
+``UNET_FAST_CPU_CONV`` overrides the measurement (and the budget): ``direct``, ``winograd`` (F(4x4)
+in float32, F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels),
+``winograd2`` (F(2x2)), or ``auto`` (the default). Layers smaller than ``_MIN_MEASURED_MACS`` run
+direct in ``auto`` without being measured.
 """
 
 from __future__ import annotations
