@@ -56,6 +56,16 @@ def test_form_bytes_are_the_packed_bytes(cin, cout, dtype):
     assert memory.form_bytes(D, cin, cout, dtype) == (w.numel() + b.numel()) * size
 
 
+def test_bad_budget_fails_before_measuring(monkeypatch):
+    monkeypatch.setenv("UNET_FAST_CPU_CONV_MEMORY", "half")
+    measured = []
+    monkeypatch.setattr(tactics, "fastest", lambda *a, **k: measured.append(1))
+    _, fast = make_pair(**WIDE)
+    with torch.no_grad(), pytest.raises(ValueError, match="UNET_FAST_CPU_CONV_MEMORY"):
+        fast(torch.randn(1, 1, 124, 124))
+    assert not measured
+
+
 # three layers: seconds of each candidate and the extra bytes each needs over direct
 SECONDS = [{D: 10.0, W2: 8.0, W4: 6.0}, {D: 10.0, W2: 9.0, W4: 5.0}, {D: 4.0, W2: 3.0, W4: 2.0}]
 EXTRA = [{D: 0, W2: 10, W4: 40}, {D: 0, W2: 80, W4: 300}, {D: 0, W2: 1, W4: 3}]

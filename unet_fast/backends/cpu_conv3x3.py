@@ -225,7 +225,10 @@ class Planner:
 
     def start(self, key: tuple[int, ...]) -> _PlannedForward:
         forced = forced_tactic()
-        return _PlannedForward(self, key, None if forced is not None else self.plans.get(key), forced)
+        plan = None if forced is not None else self.plans.get(key)
+        if forced is None and plan is None:
+            cpu_conv_memory.memory_budget()  # a bad value fails now, not after measuring
+        return _PlannedForward(self, key, plan, forced)
 
     def chosen(self, index: int, tactic: str) -> None:
         """Free the forms of layer ``index`` that neither ``tactic`` nor another plan uses."""
