@@ -130,7 +130,8 @@ def test_plan_respects_the_budget_and_matches_float64(monkeypatch, budget):
     planner = _packed(fast).planner
     (plan,) = planner.plans.values()
     layers = planner.layers
-    direct = sum(layer.form_bytes(D) for layer in layers)
+    direct = sum(memory.form_bytes(D, layer.in_channels, layer.out_channels, torch.float32)
+                 for layer in layers)
     extra = sum(layer.form_bytes(t) - layer.form_bytes(D) for layer, t in zip(layers, plan,
                                                                                strict=True))
     assert extra <= float(budget) * direct
@@ -212,3 +213,28 @@ def test_fastest_returns_the_chosen_tactics_output_when_it_was_dropped(monkeypat
     assert best == W4 and out.item() == 2.0
     assert runs == [D, W2, W4, W2, W4, D, W4]  # two rounds, then F(4x4) once more
     assert seconds == {D: 95.0, W2: 94.0, W4: 90.0}
+
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_direct_runs_from_the_modules_own_weight_where_folding_changes_nothing(monkeypatch, norm):
+    """Without BatchNorm, in the module's dtype, the direct form is the module's weight itself
+    (no copy); with BatchNorm it is a folded, packed copy. Both match float64, also after an
+    in-place weight update."""
+    monkeypatch.setenv("UNET_FAST_CPU_CONV", "direct")
+    ref, fast = make_pair(**WIDE, norm=norm)
+    x = torch.randn(1, 1, 124, 124, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_l2(fast(x.float()), ref(x)) <= 1e-5
+        convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)
+                 and m.kernel_size == (3, 3)]
+        layers = _packed(fast).planner.layers
+        for layer, conv in zip(layers, convs, strict=True):
+            weight = layer._forms[D][0]  # (an opaque oneDNN tensor when packed)
+            shared = not weight.is_mkldnn and weight.data_ptr() == conv.weight.data_ptr()
+            assert shared == (norm is None)
+            assert layer.form_bytes(D) < conv.weight.nbytes if norm is None else \
+                layer.form_bytes(D) > conv.weight.nbytes
+        for p in fast.parameters():
+            p.mul_(1.01)
+        ref.load_state_dict(fast.state_dict())
+        assert rel_l2(fast(x.float()), ref.double()(x)) <= 1e-5
