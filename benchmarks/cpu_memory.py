@@ -10,8 +10,8 @@ Prints, in MB (2**20 bytes):
 * ``module``: the model's own parameters (tensor bytes) and the RSS growth building it;
 * ``first call``: the high-water mark of the first call (which measures the plan) and the RSS
   it leaves behind, both over the same base;
-* ``packed``: the bytes of every packed form the backend holds after planning, per tactic, and
-  the 2x2 up-convolutions and head;
+* ``packed``: the bytes of every packed form the backend holds after planning beyond the
+  module's own weights, per tactic, and the 2x2 up-convolutions and head;
 * ``measured call``: what the benchmark reports (``peak_mem_mb``), the part of it already
   resident when the call starts, and the call's own growth (activations and workspace);
 * ``plan``: the tactic of each 3x3 layer.
@@ -53,7 +53,9 @@ def packed_bytes(packed: cpu_onednn.PackedUNet) -> dict[str, float]:
     out: dict[str, float] = {}
     for layer in packed.planner.layers:
         for tactic, form in layer._forms.items():
-            out[tactic] = out.get(tactic, 0.0) + _bytes(form) / MB
+            # a direct form that is the module's own weight adds only its bias
+            size = layer.form_bytes(tactic) if layer.shares_module_weight else _bytes(form)
+            out[tactic] = out.get(tactic, 0.0) + size / MB
         if layer.folded is not None:
             out["folded"] = out.get("folded", 0.0) + _bytes(layer.folded) / MB
     ups = [u for u, _, _ in packed.layers.decoder if u is not None]

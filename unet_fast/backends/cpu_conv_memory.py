@@ -5,10 +5,13 @@ F(2x2, 3x3) 16/9 = 1.8x (a little more where the channels are padded to the kern
 On the paper network the layers that gain least time per extra byte are the 512- and
 1024-channel ones that hold most of the weights, and a plan that takes the fastest form
 everywhere holds 3.6x the direct weights (427 MB against 118 MB in float32). The budget caps
-the *extra* bytes (Winograd form minus direct form, summed over the 3x3 layers) at
+the bytes the 3x3 layers' forms add beyond their cheapest form, summed over the layers, at
 ``UNET_FAST_CPU_CONV_MEMORY`` times the bytes of all 3x3 layers' direct weights (default
 ``_DEFAULT_BUDGET``; ``inf`` for no cap, ``0`` for direct wherever Winograd costs memory), and
-:func:`budget_plan` spends it where the measured time saved per extra byte is largest.
+:func:`budget_plan` spends it where the measured time saved per extra byte is largest. The
+cheapest form is direct; where folding changes nothing (no BatchNorm, the module already in the
+compute dtype, as the paper network in float32) direct runs from the module's own weight and
+adds nothing, so there the budget caps the Winograd forms' whole size.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from collections.abc import Sequence
 
 import torch
 
-# 0.25: Winograd forms may add a quarter of the direct weights. On the paper tile in float32 this
-# keeps Winograd on every layer up to 256 channels (F(2x2) on some) and runs the 512- and
-# 1024-channel layers direct, which brings the benchmark's peak under eager PyTorch's (the
-# measurements and the time it costs are in benchmarks/NOTES.md).
-_DEFAULT_BUDGET = 0.25
+# 0.5: on the paper tile in float32 (59 MB of Winograd forms) this keeps Winograd on every layer up
+# to 256 channels (F(2x2) on some) and runs the 512- and 1024-channel layers direct, which brings
+# the benchmark's peak under eager PyTorch's; 0.25 measured no lower (the heap's fragmentation
+# varies more than the difference) and is slower (benchmarks/NOTES.md, "CPU peak memory").
+_DEFAULT_BUDGET = 0.5
 _ENV = "UNET_FAST_CPU_CONV_MEMORY"
 
 
