@@ -23,6 +23,7 @@ def _packed(fast, dtype=torch.float32):
 @pytest.fixture(autouse=True)
 def _auto(monkeypatch):
     monkeypatch.delenv("UNET_FAST_CPU_CONV", raising=False)
+    monkeypatch.delenv("UNET_FAST_CPU_CONV_MEMORY", raising=False)
 
 
 def test_first_call_measures_then_the_plan_is_reused(monkeypatch):
@@ -50,7 +51,9 @@ def test_first_call_measures_then_the_plan_is_reused(monkeypatch):
 
 
 def test_the_fastest_candidate_is_kept(monkeypatch):
-    """With a clock that makes one tactic fast, that tactic is chosen wherever it applies."""
+    """With a clock that makes one tactic fast, that tactic is chosen wherever it applies (with
+    no memory budget: test_cpu_memory.py tests the plan under one)."""
+    monkeypatch.setenv("UNET_FAST_CPU_CONV_MEMORY", "inf")
     _, fast = make_pair(**WIDE)
     clock = [0.0]
     real_run = tactics.Conv3x3.run

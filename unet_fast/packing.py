@@ -25,6 +25,9 @@ class FoldedConv:
     padding: int
     # folds the source layers again, from their weights at the time of the call (None: no source)
     refold: Callable[[], FoldedConv] | None = field(default=None, repr=False, compare=False)
+    # the module's own weight where folding changed nothing (no BatchNorm, already in the dtype):
+    # a backend may run from it instead of keeping a copy (it changes with the module's weight)
+    source: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.BatchNorm2d
@@ -51,8 +54,10 @@ def fold_conv(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedCon
             w, b = fold_batchnorm(w, conv.bias, norm)
         else:
             b = conv.bias.double() if conv.bias is not None else w.new_zeros(w.shape[0])
+    same = not isinstance(norm, nn.BatchNorm2d) and conv.weight.dtype == dtype
     return FoldedConv(w.to(dtype), b.to(dtype), conv.padding[0],
-                      functools.partial(fold_conv, conv, norm, dtype))
+                      functools.partial(fold_conv, conv, norm, dtype),
+                      conv.weight.detach() if same else None)
 
 
 def fold_double_conv(block: DoubleConv, dtype: torch.dtype) -> tuple[FoldedConv, FoldedConv]:

@@ -63,15 +63,21 @@ def pack(weight: torch.Tensor, bias: torch.Tensor, padding: int, m: int, dtype: 
     cout, cin = weight.shape[:2]
     kp, ncob = -(-cin // 16) * 16, -(-cout // 32)
     g = torch.tensor(_G[m], dtype=torch.float64)
-    alpha = m + 2
+    points = (m + 2) ** 2
+    shape = (points, ncob, kp // 2, 32, 2) if dtype == torch.bfloat16 else (points, ncob, kp, 32)
+    packed = torch.zeros(shape, dtype=dtype)
     with torch.no_grad():
-        u = torch.einsum("ak,oikl,bl->abio", g, weight.detach().double().cpu(), g)  # (a, a, Cin, Cout)
-        full = u.new_zeros(alpha * alpha, kp, ncob * 32)
-        full[:, :cin, :cout] = u.reshape(alpha * alpha, cin, cout)
-        full = full.reshape(alpha * alpha, kp, ncob, 32).permute(0, 2, 1, 3)  # [P][cob][K][32]
-        if dtype == torch.bfloat16:
-            full = full.reshape(alpha * alpha, ncob, kp // 2, 2, 32).transpose(-1, -2)
-        packed = full.to(dtype).contiguous()
+        w = weight.detach().cpu()
+        # one block of 32 output channels at a time: the float64 transform of a whole
+        # 1024-channel layer would be ~300 MB, several times over, while the layer is packed
+        for cob in range(ncob):
+            o0, o1 = cob * 32, min(cob * 32 + 32, cout)
+            u = g @ w[o0:o1].double() @ g.T  # (o, i, a, b) = G g G^T
+            block = u.new_zeros(points, kp, 32)
+            block[:, :cin, :o1 - o0] = u.permute(2, 3, 1, 0).reshape(points, cin, o1 - o0)
+            if dtype == torch.bfloat16:  # pairs of input channels interleaved: [K/2][32][2]
+                block = block.reshape(points, kp // 2, 2, 32).transpose(-1, -2)
+            packed[:, cob] = block
         b = torch.zeros(ncob * 32, dtype=torch.float32)
         b[:cout] = bias.detach().to(torch.float32).cpu()
     return WinogradConv(packed, b, int(cout), int(cin), int(padding), m)

@@ -1,18 +1,32 @@
-"""The CPU backend's 3x3 convolutions: direct (oneDNN) or Winograd, chosen per layer by time.
+"""The CPU backend's 3x3 convolutions: direct (oneDNN) or Winograd, chosen per layer by time
+within a memory budget.
 
 Every 3x3 layer can run as a direct oneDNN convolution or as one of the project's Winograd
 kernels (:mod:`unet_fast.winograd`, F(4x4, 3x3) and F(2x2, 3x3)). Which is fastest depends on the
 layer's channels, its spatial size and the machine, so the backend measures it: the first forward
 at a new input size times each candidate on that layer's real input (after building its weights,
-which is not timed) and keeps the fastest, layer by layer (see :func:`fastest`); the plan is
-cached beside the packed weights and dropped with them when the weights change. Forms no plan
-uses are freed as each layer is decided, so only the chosen packed weights stay in memory; a form
-that a later input size needs is built by folding the module's weights again.
+which is not timed; the layer's candidate forms are alive together while it is timed, and only
+the best output so far is kept) and notes the fastest, layer by layer (see :func:`fastest`).
 
-``UNET_FAST_CPU_CONV`` overrides the measurement: ``direct``, ``winograd`` (F(4x4) in float32,
-F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels), ``winograd2``
-(F(2x2)), or ``auto`` (the default). Layers smaller than ``_MIN_MEASURED_MACS`` run direct in
-``auto`` without being measured.
+Winograd forms hold more memory than direct ones (F(4x4) 4x the layer's weights, F(2x2) 1.8x),
+and the layers that gain least per extra byte are the widest, which hold most of the weights.
+So at the end of that forward the plan is cut to a budget on the extra bytes
+(``UNET_FAST_CPU_CONV_MEMORY`` times the direct weights, default 0.5; see
+:mod:`.cpu_conv_memory`), spent where the measured time saved per extra byte is largest. The forms
+the plan uses are built then (the first call's own output came from the fastest forms), every
+other form and the folded weights are freed, and the C heap's freed pages go back to the OS.
+Where folding changes nothing (no BatchNorm, the module in the compute dtype) the direct form is
+the module's own weight, reordered by oneDNN on each call instead of held twice.
+Measured on the paper tile in float32 (``benchmarks/cpu_memory.py``, the benchmark's peak RSS
+growth): 874 MB with no budget (F(4x4) almost everywhere, 427 MB of packed 3x3 weights),
+550-585 MB with the default (51 MB), against 602-720 MB for eager PyTorch NCHW. The plan is
+cached beside the packed weights and dropped with them when the weights change; a form that a
+later input size needs is built by folding the module's weights again.
+
+``UNET_FAST_CPU_CONV`` overrides the measurement (and the budget): ``direct``, ``winograd`` (F(4x4)
+in float32, F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels),
+``winograd2`` (F(2x2)), or ``auto`` (the default). Layers smaller than ``_MIN_MEASURED_MACS`` run
+direct in ``auto`` without being measured.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import torch
 from .. import winograd
 from ..packing import FoldedConv
 from ..reference import join_skip
+from . import cpu_conv_memory
 
 DIRECT, WINOGRAD4, WINOGRAD2 = "direct", "winograd4", "winograd2"
 _FORCED = {"direct": DIRECT, "winograd": WINOGRAD4, "winograd2": WINOGRAD2}
@@ -90,6 +105,10 @@ class Conv3x3:
         self.dtype = folded.weight.dtype
         self.in_channels = folded.weight.shape[1]
         self.out_channels = folded.weight.shape[0]
+        # direct runs from the module's own weight where folding changed nothing: no second copy
+        # in memory, for a reorder into oneDNN's layout on every call (measured +3 to +27 ms on the
+        # paper network's 512/1024-channel layers, 5-45% of their direct time, 2 threads)
+        self.shares_module_weight = folded.source is not None
         self._forms: dict[str, object] = {}
         self._lock = threading.Lock()
 
@@ -105,6 +124,12 @@ class Conv3x3:
             return [DIRECT, WINOGRAD2]
         return [DIRECT]
 
+    def form_bytes(self, tactic: str) -> int:
+        """Bytes this layer's packed weights in ``tactic`` add to the module's own."""
+        if tactic == DIRECT and self.shares_module_weight:
+            return self.out_channels * self.dtype.itemsize  # the bias alone
+        return cpu_conv_memory.form_bytes(tactic, self.in_channels, self.out_channels, self.dtype)
+
     def worth_measuring(self, x: torch.Tensor) -> bool:
         """Whether this layer, on input ``x``, is large enough to time its candidates."""
         macs = x.shape[0] * x.shape[-2] * x.shape[-1] * self.in_channels * self.out_channels * 9
@@ -119,7 +144,9 @@ class Conv3x3:
         if packed is not None:
             return packed
         f = folded if folded is not None else self.refold()
-        if tactic == DIRECT:
+        if tactic == DIRECT and f.source is not None:
+            packed = (f.source, [f.padding, f.padding], f.bias)
+        elif tactic == DIRECT:
             packed = onednn_pack(f)
         else:
             packed = winograd.pack(f.weight, f.bias, f.padding, 4 if tactic == WINOGRAD4 else 2,
@@ -148,16 +175,21 @@ class Conv3x3:
 
 
 def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor],
-            keep: Callable[[], bool] = lambda: True) -> tuple[str, torch.Tensor]:
+            keep: Callable[[], bool] = lambda: True,
+            seconds: dict[str, float] | None = None) -> tuple[str, torch.Tensor]:
     """Time ``run(tactic)`` for each of ``layer``'s candidates and return the fastest tactic with
     its output. After one round over all of them (weights built first, not timed), the ones
     within 20% of the best so far are timed twice more, the order rotated each round (so a slow
     spell of a shared machine does not fall on one candidate); each keeps its best time. A
     candidate that needs more memory than the one before it (direct < F(2x2) < F(4x4): 1x, 1.8x,
-    4x the weights) must be 5% faster to be chosen."""
+    4x the weights) must be 5% faster to be chosen. ``seconds``, if given, receives each
+    candidate's best time."""
     tactics = layer.candidates()
-    seconds = dict.fromkeys(tactics, float("inf"))
-    outputs: dict[str, torch.Tensor] = {}
+    if seconds is None:
+        seconds = {}
+    seconds.update(dict.fromkeys(tactics, float("inf")))
+    # only the output of the best so far is kept: a paper-size layer's output is 80 MB
+    kept: tuple[str, torch.Tensor] | None = None
     for tactic in tactics:
         layer.form(tactic, keep)
     contenders = tactics
@@ -166,17 +198,26 @@ def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor],
             start = time.perf_counter()
             out = run(tactic)
             elapsed = time.perf_counter() - start
-            if elapsed < seconds[tactic]:
-                seconds[tactic], outputs[tactic] = elapsed, out
+            seconds[tactic] = min(seconds[tactic], elapsed)
+            if _pick(tactics, seconds) == tactic:
+                kept = (tactic, out)
+            del out
         fastest_yet = min(seconds.values())
         contenders = [t for t in tactics if seconds[t] <= 1.2 * fastest_yet]
         if len(contenders) == 1:
             break
+    best = _pick(tactics, seconds)
+    # (the best can change to a tactic whose output was dropped when another one got faster)
+    return best, kept[1] if kept is not None and kept[0] == best else run(best)
+
+
+def _pick(tactics: list[str], seconds: dict[str, float]) -> str:
+    """The fastest of ``tactics`` (in order of memory), a larger one only if 5% faster."""
     best = tactics[0]
     for tactic in tactics[1:]:
         if seconds[tactic] < 0.95 * seconds[best]:
             best = tactic
-    return best, outputs[best]
+    return best
 
 
 class Planner:
@@ -194,19 +235,49 @@ class Planner:
 
     def start(self, key: tuple[int, ...]) -> _PlannedForward:
         forced = forced_tactic()
-        return _PlannedForward(self, key, None if forced is not None else self.plans.get(key), forced)
+        plan = None if forced is not None else self.plans.get(key)
+        if forced is None and plan is None:
+            cpu_conv_memory.memory_budget()  # a bad value fails now, not after measuring
+        return _PlannedForward(self, key, plan, forced)
 
     def chosen(self, index: int, tactic: str) -> None:
         """Free the forms of layer ``index`` that neither ``tactic`` nor another plan uses."""
         with self._lock:
             self.layers[index].keep_only({tactic} | {p[index] for p in self.plans.values()})
 
-    def finish(self, key: tuple[int, ...], plan: list[str]) -> None:
+    def finish(self, key: tuple[int, ...], fastest: list[str],
+               seconds: list[dict[str, float]]) -> list[str]:
+        """Record the plan for ``key``: ``fastest`` (each layer's fastest tactic, ``seconds`` its
+        candidates' times; empty where not measured) cut down to the memory budget (see
+        :mod:`.cpu_conv_memory`). Builds the forms the plan needs that measuring did not keep,
+        frees every other form and the folded weights, and returns the freed heap to the OS."""
+        layers = self.layers
+        direct = sum(cpu_conv_memory.form_bytes(DIRECT, layer.in_channels, layer.out_channels,
+                                                layer.dtype) for layer in layers)
+        extra = [{t: layer.form_bytes(t) - layer.form_bytes(DIRECT) for t in layer.candidates()}
+                 for layer in layers]
+        plan = cpu_conv_memory.budget_plan(seconds, extra, fastest,
+                                           cpu_conv_memory.memory_budget() * direct)
+        for layer, tactic in zip(layers, plan, strict=True):
+            layer.form(tactic, self.keep)  # built from the folded weights while they exist
         with self._lock:
             self.plans[key] = plan
-            for i, layer in enumerate(self.layers):
-                layer.keep_only({p[i] for p in self.plans.values()})
-                layer.folded = None  # later forms are built from refold()
+            self._drop_unused()
+        cpu_conv_memory.release_free_heap()
+        return plan
+
+    def forced_done(self) -> None:
+        """After a forward with a forced tactic: the folded weights are not needed any more."""
+        if any(layer.folded is not None for layer in self.layers):
+            with self._lock:
+                for layer in self.layers:
+                    layer.folded = None
+            cpu_conv_memory.release_free_heap()
+
+    def _drop_unused(self) -> None:
+        for i, layer in enumerate(self.layers):
+            layer.keep_only({p[i] for p in self.plans.values()})
+            layer.folded = None  # later forms are built from refold()
 
 
 class _PlannedForward:
@@ -214,6 +285,7 @@ class _PlannedForward:
                  forced: str | None) -> None:
         self.planner, self.key, self.plan, self.forced = planner, key, plan, forced
         self.measured: list[str] = []
+        self.seconds: list[dict[str, float]] = []
         self.index = 0
 
     def conv(self, layer: Conv3x3, x: torch.Tensor, relu: bool = True,
@@ -227,14 +299,19 @@ class _PlannedForward:
             return layer.run(tactic, x, relu, skip, same, keep)
         if self.plan is not None:
             return layer.run(self.plan[i], x, relu, skip, same, keep)
+        seconds: dict[str, float] = {}
         if not layer.worth_measuring(x):
             tactic, out = DIRECT, layer.run(DIRECT, x, relu, skip, same, keep)
         else:
-            tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same, keep), keep)
+            tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same, keep), keep,
+                                  seconds)
         self.measured.append(tactic)
+        self.seconds.append(seconds)
         self.planner.chosen(i, tactic)
         return out
 
     def done(self) -> None:
-        if self.plan is None and self.forced is None:
-            self.planner.finish(self.key, self.measured)
+        if self.forced is not None:
+            self.planner.forced_done()
+        elif self.plan is None:
+            self.planner.finish(self.key, self.measured, self.seconds)
