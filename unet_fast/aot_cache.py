@@ -147,16 +147,15 @@ def launch_record(fn, signature: dict, constexprs: dict, options, attrs: dict) -
 
 
 @contextlib.contextmanager
-def record_launches(records: dict[str, dict]) -> Iterator[None]:
-    """Within the block, the :func:`launch_record` of every kernel the JIT compiles (or would:
-    open it inside a :func:`dry_run` block) is added to ``records`` (its JSON -> record)."""
+def _on_compile(observe: Callable[..., None]) -> Iterator[None]:
+    """Within the block, ``observe(fn, signature, constexprs, options, attrs)`` is called for every
+    kernel the JIT compiles (or would, inside a :func:`dry_run` block), before it compiles."""
     from triton.runtime.jit import JITFunction
 
     inner = JITFunction._do_compile
 
     def do_compile(self, key, signature, device, constexprs, options, attrs, warmup):
-        record = launch_record(self, signature, constexprs, options, attrs)
-        records[json.dumps(record, sort_keys=True)] = record
+        observe(self, signature, constexprs, options, attrs)
         return inner(self, key, signature, device, constexprs, options, attrs, warmup)
 
     JITFunction._do_compile = do_compile
@@ -164,6 +163,19 @@ def record_launches(records: dict[str, dict]) -> Iterator[None]:
         yield
     finally:
         JITFunction._do_compile = inner
+
+
+@contextlib.contextmanager
+def record_launches(records: dict[str, dict]) -> Iterator[None]:
+    """Within the block, the :func:`launch_record` of every kernel the JIT compiles (or would:
+    open it inside a :func:`dry_run` block) is added to ``records`` (its JSON -> record)."""
+
+    def observe(fn, signature, constexprs, options, attrs):
+        record = launch_record(fn, signature, constexprs, options, attrs)
+        records[json.dumps(record, sort_keys=True)] = record
+
+    with _on_compile(observe):
+        yield
 
 
 def kernel_sources() -> dict[str, str]:
@@ -216,23 +228,17 @@ def collect_launchers(sources: dict[str, str]) -> Iterator[None]:
     under ``sha256(source + platform)``, independent of ``triton_key``.
     """
     from triton.backends.nvidia import driver
-    from triton.runtime.jit import JITFunction
 
     if not hasattr(driver, "make_launcher"):  # Triton >= 3.7 builds no per-signature stub
         yield
         return
-    inner = JITFunction._do_compile
 
-    def do_compile(self, key, signature, device, constexprs, options, attrs, warmup):
-        text = _launcher_source(self, self.ASTSource(self, signature, constexprs, attrs))
+    def observe(fn, signature, constexprs, options, attrs):
+        text = _launcher_source(fn, fn.ASTSource(fn, signature, constexprs, attrs))
         sources[_sha(text)] = text
-        return inner(self, key, signature, device, constexprs, options, attrs, warmup)
 
-    JITFunction._do_compile = do_compile
-    try:
+    with _on_compile(observe):
         yield
-    finally:
-        JITFunction._do_compile = inner
 
 
 # Run by the device's Python (with the device's Triton): builds the launcher stubs and Triton's

@@ -11,7 +11,7 @@ the best output so far is kept) and notes the fastest, layer by layer (see :func
 Winograd forms hold more memory than direct ones (F(4x4) 4x the layer's weights, F(2x2) 1.8x),
 and the layers that gain least per extra byte are the widest, which hold most of the weights.
 So at the end of that forward the plan is cut to a budget on the extra bytes
-(``UNET_FAST_CPU_CONV_MEMORY`` times the direct weights, default 0.5; see
+(``UNET_FAST_CPU_CONV_MEMORY`` times the direct weights, no cap by default; see
 :mod:`.cpu_conv_memory`), spent where the measured time saved per extra byte is largest. The forms
 the plan uses are built then (the first call's own output came from the fastest forms), every
 other form and the folded weights are freed, and the C heap's freed pages go back to the OS.
@@ -19,7 +19,7 @@ Where folding changes nothing (no BatchNorm, the module in the compute dtype) th
 the module's own weight, reordered by oneDNN on each call instead of held twice.
 Measured on the paper tile in float32 (``benchmarks/cpu_memory.py``, the benchmark's peak RSS
 growth): 874 MB with no budget (F(4x4) almost everywhere, 427 MB of packed 3x3 weights),
-550-585 MB with the default (51 MB), against 602-720 MB for eager PyTorch NCHW. The plan is
+550-585 MB at a budget of 0.5 (51 MB), against 602-720 MB for eager PyTorch NCHW. The plan is
 cached beside the packed weights and dropped with them when the weights change; a form that a
 later input size needs is built by folding the module's weights again.
 

@@ -25,11 +25,13 @@ from collections.abc import Sequence
 
 import torch
 
-# 0.5: on the paper tile in float32 (59 MB of Winograd forms) this keeps Winograd on every layer up
-# to 256 channels (F(2x2) on some) and runs the 512- and 1024-channel layers direct, which brings
-# the benchmark's peak under eager PyTorch's; 0.25 measured no lower (the heap's fragmentation
-# varies more than the difference) and is slower (benchmarks/NOTES.md, "CPU peak memory").
-_DEFAULT_BUDGET = 0.5
+# No cap by default: speed is the default. Measured on the paper tile in fp32 (2 threads, one
+# interleaved process, 2026-12-03, after the Winograd work split): budget 0.5 / 1.0 / 1.5 are
+# 1.34x / 1.26x / 1.18x the uncapped plan's time (the 512- and 1024-channel layers lose F(4x4)),
+# and the benchmark's peak is 584 / 632 / 673 MB against the uncapped 915 (eager NCHW ~610-670).
+# A user who needs eager's peak sets UNET_FAST_CPU_CONV_MEMORY=0.5 (benchmarks/NOTES.md, "CPU
+# peak memory").
+_DEFAULT_BUDGET = math.inf
 _ENV = "UNET_FAST_CPU_CONV_MEMORY"
 
 
