@@ -1,7 +1,8 @@
 """The Winograd 3x3 kernel (csrc/cpu/winograd_kernel.h, unet_fast/winograd.py) against a float64
 direct convolution (torch's conv2d on float64 tensors): odd sizes, channel counts that are not
 multiples of 16, batches, both paddings, both tile sizes, float32 and bfloat16, the AVX-512 and
-the portable build, and the decoder's two-source input."""
+the portable build, the decoder's two-source input, and float32 weights packed raw (the kernel
+transforms the 3x3 taps on the fly)."""
 
 from __future__ import annotations
 
@@ -42,32 +43,40 @@ SHAPES = [(1, 5, 7, 13, 11), (2, 20, 40, 9, 10), (3, 33, 47, 17, 6), (1, 64, 64,
           (2, 16, 32, 3, 3), (1, 130, 70, 12, 19)]
 
 
+RAW = [pytest.param(False, id="U"), pytest.param(True, id="raw")]
+
+
+@pytest.mark.parametrize("raw", RAW)
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m", [4, 2])
 @pytest.mark.parametrize("padding", [0, 1])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_fp32_matches_float64_direct(shape, padding, m, isa):
+def test_fp32_matches_float64_direct(shape, padding, m, isa, raw):
     x, weight, bias = _case(*shape)
+    conv = winograd.pack(weight, bias, padding, m, torch.float32, raw=raw)
     for relu in (True, False):
         ref = _oracle(x, weight, bias, padding, relu)
-        y = winograd.conv3x3(x, winograd.pack(weight, bias, padding, m, torch.float32), relu, isa=isa)
+        y = winograd.conv3x3(x, conv, relu, isa=isa)
         assert y.shape == ref.shape and y.dtype == torch.float32
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert rel_l2(y, ref) <= FP32_BOUND[m], (relu, rel_l2(y, ref))
 
 
+@pytest.mark.parametrize("raw", RAW)
 @pytest.mark.parametrize("isa", ISAS)
-def test_deep_layer_within_bound(isa):
+def test_deep_layer_within_bound(isa, raw):
     """1024 channels: the longest accumulation of the paper network, several work items."""
     x, weight, bias = _case(1, 1024, 96, 14, 13)
     ref = _oracle(x, weight, bias, 0, True)
-    y = winograd.conv3x3(x, winograd.pack(weight, bias, 0, 4, torch.float32), True, isa=isa)
+    conv = winograd.pack(weight, bias, 0, 4, torch.float32, raw=raw)
+    y = winograd.conv3x3(x, conv, True, isa=isa)
     assert rel_l2(y, ref) <= FP32_BOUND[4]
 
 
+@pytest.mark.parametrize("raw", RAW)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("m", [4, 2])
-def test_large_weights_split_into_big_chunks_and_channel_groups(m, threads):
+def test_large_weights_split_into_big_chunks_and_channel_groups(m, threads, raw):
     """F(4x4)'s weights here (9.7 MiB) pass the kernel's 6 MiB threshold and take the split for
     large weights: chunks of 143 tiles (11 full micro-tiles and an 11-row remainder), one per
     image, shared by groups of output-channel blocks when two threads need work. F(2x2)'s
@@ -77,7 +86,7 @@ def test_large_weights_split_into_big_chunks_and_channel_groups(m, threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        y = winograd.conv3x3(x, winograd.pack(weight, bias, 0, m, torch.float32), True)
+        y = winograd.conv3x3(x, winograd.pack(weight, bias, 0, m, torch.float32, raw=raw), True)
     finally:
         torch.set_num_threads(before)
     assert rel_l2(y, ref) <= FP32_BOUND[m], rel_l2(y, ref)
@@ -102,19 +111,20 @@ def test_bf16_error_vs_pytorch(shape, m, isa):
     assert rel_l2(y, ref) <= (2.0 if m == 2 else 10.0) * torch_err
 
 
+@pytest.mark.parametrize("raw", RAW)
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m", [4, 2])
 @pytest.mark.parametrize(("same", "skip_hw", "up_hw"), [
     (False, (20, 21), (12, 13)), (False, (17, 18), (12, 12)),  # centre crop, even and odd
     (True, (13, 15), (12, 14)), (True, (12, 12), (12, 12)), (True, (9, 7), (8, 6)),  # zero pad
 ])
-def test_two_sources_equal_the_reference_join(same, skip_hw, up_hw, m, isa):
+def test_two_sources_equal_the_reference_join(same, skip_hw, up_hw, m, isa, raw):
     g = torch.Generator().manual_seed(3)
     skip, up = torch.randn(2, 16, *skip_hw, generator=g), torch.randn(2, 24, *up_hw, generator=g)
     weight, bias = torch.randn(20, 40, 3, 3, generator=g) / 19, torch.randn(20, generator=g)
     padding = 1 if same else 0
     ref = _oracle(join_skip(skip, up, same), weight, bias, padding, True)
-    conv = winograd.pack(weight, bias, padding, m, torch.float32)
+    conv = winograd.pack(weight, bias, padding, m, torch.float32, raw=raw)
     y = winograd.conv3x3(up, conv, True, skip=skip, same=same, isa=isa)
     assert y.shape == ref.shape
     assert rel_l2(y, ref) <= FP32_BOUND[m]
@@ -163,6 +173,17 @@ def test_pack_refuses_what_it_cannot_pack():
         winograd.pack(torch.randn(4, 4, 5, 5), torch.zeros(4), 1, 4, torch.float32)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         winograd.pack(torch.randn(4, 4, 3, 3), torch.zeros(4), 1, 4, torch.float16)
+    with pytest.raises(ValueError, match=r"raw .* float32 only"):
+        winograd.pack(torch.randn(4, 4, 3, 3), torch.zeros(4), 1, 4, torch.bfloat16, raw=True)
+
+
+def test_raw_taps_in_bfloat16_refused_by_the_op():
+    """The op tells raw taps from transformed weights by their size; raw ones are float32 only."""
+    conv = winograd.pack(torch.randn(8, 16, 3, 3), torch.zeros(8), 0, 4, torch.float32, raw=True)
+    assert conv.weight.numel() == 9 * 16 * 32
+    bad = winograd.WinogradConv(conv.weight.bfloat16(), conv.bias, 8, 16, 0, 4, raw=True)
+    with pytest.raises(RuntimeError, match=r"raw .*float32 only"):
+        winograd.conv3x3(torch.randn(1, 16, 9, 9).bfloat16(), bad, True)
 
 
 def _thread_cpu_ticks() -> dict[str, int]:

@@ -48,20 +48,34 @@ class WinogradConv:
     in_channels: int
     padding: int
     m: int
+    raw: bool = False  # weight holds the untransformed taps (see pack)
 
 
-def pack(weight: torch.Tensor, bias: torch.Tensor, padding: int, m: int, dtype: torch.dtype
-         ) -> WinogradConv:
+def pack(weight: torch.Tensor, bias: torch.Tensor, padding: int, m: int, dtype: torch.dtype,
+         *, raw: bool = False) -> WinogradConv:
     """Transform and lay out a (C_out, C_in, 3, 3) weight for F(``m`` x ``m``, 3x3) in ``dtype``
-    (float32 or bfloat16). The transform is computed in float64 and rounded once."""
+    (float32 or bfloat16). The transform is computed in float64 and rounded once.
+
+    ``raw=True`` (float32 only) lays out the untransformed taps instead, ``[blocks of 32 output
+    channels][input channels padded to 16][9][32]``, and the kernel transforms them on the fly in
+    float32: a form the size of the direct weights (F(4x4)'s transformed weights are 4x that)."""
     if m not in _G:
         raise ValueError(f"Winograd tile m must be one of {sorted(_G)}, got {m}")
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"Winograd packs float32 or bfloat16 weights, got {dtype}")
+    if raw and dtype != torch.float32:
+        raise ValueError(f"raw (on-the-fly) Winograd weights are float32 only, got {dtype}")
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"Winograd needs a 3x3 weight (C_out, C_in, 3, 3), got {tuple(weight.shape)}")
     cout, cin = weight.shape[:2]
     kp, ncob = -(-cin // 16) * 16, -(-cout // 32)
+    b = torch.zeros(ncob * 32, dtype=torch.float32)
+    b[:cout] = bias.detach().to(torch.float32).cpu()
+    if raw:
+        taps = torch.zeros(ncob * 32, kp, 9, dtype=torch.float32)
+        taps[:cout, :cin] = weight.detach().cpu().reshape(cout, cin, 9)
+        packed = taps.reshape(ncob, 32, kp, 9).permute(0, 2, 3, 1).contiguous()
+        return WinogradConv(packed, b, int(cout), int(cin), int(padding), m, raw=True)
     g = torch.tensor(_G[m], dtype=torch.float64)
     points = (m + 2) ** 2
     shape = (points, ncob, kp // 2, 32, 2) if dtype == torch.bfloat16 else (points, ncob, kp, 32)
@@ -78,8 +92,6 @@ def pack(weight: torch.Tensor, bias: torch.Tensor, padding: int, m: int, dtype: 
             if dtype == torch.bfloat16:  # pairs of input channels interleaved: [K/2][32][2]
                 block = block.reshape(points, kp // 2, 2, 32).transpose(-1, -2)
             packed[:, cob] = block
-        b = torch.zeros(ncob * 32, dtype=torch.float32)
-        b[:cout] = bias.detach().to(torch.float32).cpu()
     return WinogradConv(packed, b, int(cout), int(cin), int(padding), m)
 
 

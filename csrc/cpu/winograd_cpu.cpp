@@ -148,10 +148,16 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& a_in, const std::optional<at::
   TORCH_CHECK(out_channels >= 1 && bias.numel() == ncob * 32,
               "winograd_conv3x3: bias must hold out_channels rounded up to 32 (", ncob * 32,
               "), got ", bias.numel());
-  TORCH_CHECK(weight.is_contiguous() && weight.numel() == points * ncob * kp * 32,
+  // The weight is either U (transformed, points values per input-output pair) or, in float32,
+  // the raw taps (9 per pair) that the kernel transforms on the fly; points is never 9.
+  const bool raw_u = weight.numel() == 9 * ncob * kp * 32;
+  TORCH_CHECK(weight.is_contiguous() && (raw_u || weight.numel() == points * ncob * kp * 32),
               "winograd_conv3x3: weight is not packed for F(", m, "x", m, ", 3x3) with ", cin,
               " input and ", out_channels, " output channels (expected ", points * ncob * kp * 32,
-              " contiguous elements, got ", weight.numel(), ")");
+              " contiguous elements, or ", 9 * ncob * kp * 32, " raw taps, got ", weight.numel(),
+              ")");
+  TORCH_CHECK(!raw_u || dtype == at::kFloat,
+              "winograd_conv3x3: raw (untransformed) weights are supported in float32 only");
   const int64_t vh = size[0], vw = size[1];
   const int64_t oh = vh + 2 * padding - 2, ow = vw + 2 * padding - 2;
   TORCH_CHECK(oh >= 1 && ow >= 1, "winograd_conv3x3: input size ", vh, "x", vw,
@@ -180,6 +186,7 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& a_in, const std::optional<at::
                prm.b_c, prm.b_oy, prm.b_ox);
   }
   prm.u = weight.const_data_ptr();
+  prm.raw_u = raw_u;
   prm.bias = bias.const_data_ptr<float>();
   prm.out = out.mutable_data_ptr();
   prm.out_sn = out.stride(0);

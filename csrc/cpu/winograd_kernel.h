@@ -13,6 +13,8 @@
 //   sources  NHWC, channel stride 1, float or bfloat16 (uint16 bits);
 //   V        [P][T][Kp]      transformed input of one chunk (P = alpha^2 points, T tiles);
 //   U        [P][ncob][Kp][32] float, or [P][ncob][Kp/2][32][2] bf16: transformed weights;
+//            or, float only (prm.raw_u), the untransformed g [ncob][Kp][9][32], transformed
+//            here one row of points of one block at a time into Ur [alpha][Kp][32];
 //   M        [C][T][P][32]   GEMM results of the item's C blocks of 32 output channels;
 //   output   NHWC, float or bf16.
 #pragma once
@@ -92,6 +94,13 @@ struct Transform;
 template <>
 struct Transform<4> {  // F(4x4, 3x3), interpolation points 0, +-1, +-2, inf
   static constexpr int kAlpha = 6;
+  // G, the filter transform (as unet_fast/winograd.py's _G), for weights transformed on the fly
+  static constexpr float kG[6][3] = {{1.0f / 4, 0, 0},
+                                     {-1.0f / 6, -1.0f / 6, -1.0f / 6},
+                                     {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                                     {1.0f / 24, 1.0f / 12, 1.0f / 6},
+                                     {1.0f / 24, -1.0f / 12, 1.0f / 6},
+                                     {0, 0, 1}};
   static inline void input(const vf* d, vf* r) {  // r = B^T d
     const vf a = d[4] - 4.0f * d[2], b = d[3] - 4.0f * d[1];
     const vf c = d[4] - d[2], e = 2.0f * (d[3] - d[1]);
@@ -114,6 +123,7 @@ struct Transform<4> {  // F(4x4, 3x3), interpolation points 0, +-1, +-2, inf
 template <>
 struct Transform<2> {  // F(2x2, 3x3), points 0, +-1, inf
   static constexpr int kAlpha = 4;
+  static constexpr float kG[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
   static inline void input(const vf* d, vf* r) {
     r[0] = d[0] - d[2];
     r[1] = d[1] + d[2];
@@ -368,6 +378,31 @@ static inline void gemm_rows(int rows, const VT* A, int64_t lda, const VT* B, in
   }
 }
 
+// Ur[b][k][32] = sum_j G[b][j] sum_i G[a][i] g[k][i][j][32]: row `a` of points of one block's
+// transformed weights from its 3x3 taps (g: [Kp][9][32]), in float32. Separable, 3 multiply-adds
+// per tap and point (a tenth of the F(4x4) GEMM's per input-output pair on the 49-tile layers);
+// reading 9 values per pair instead of 36 is what makes it pay where U would stream from memory.
+template <int M>
+static void weight_row(const float* g, int64_t Kp, int a, float* Ur) {
+  constexpr int A = Transform<M>::kAlpha;
+  const float ga0 = Transform<M>::kG[a][0], ga1 = Transform<M>::kG[a][1],
+              ga2 = Transform<M>::kG[a][2];
+  for (int64_t k = 0; k < Kp; ++k) {
+    const float* gk = g + k * 9 * 32;
+    for (int h = 0; h < 32; h += kLanes) {
+      vf t[3];
+      for (int j = 0; j < 3; ++j) {
+        t[j] = ga0 * load(gk + j * 32 + h) + ga1 * load(gk + (3 + j) * 32 + h) +
+               ga2 * load(gk + (6 + j) * 32 + h);
+      }
+      for (int b = 0; b < A; ++b) {
+        const float* gb = Transform<M>::kG[b];
+        store(Ur + (b * Kp + k) * 32 + h, gb[0] * t[0] + gb[1] * t[1] + gb[2] * t[2]);
+      }
+    }
+  }
+}
+
 template <int M, typename T>
 static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int64_t cob_begin,
                      int64_t cob_end, void* scratch) {
@@ -388,16 +423,38 @@ static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int6
     const int64_t n = t / per_image, r = t % per_image;
     input_tile<M>(prm, a, b, n, (r / prm.tiles_x) * M, (r % prm.tiles_x) * M, V, t - t_begin, rows);
   }
-  // Point-major: one point's transformed input (rows x Kp) stays in L2 while every block of
-  // output channels multiplies it, and each block's weights (Kp x 32) stay in L1/L2 over all rows.
-  for (int p = 0; p < P; ++p) {
-    const VT* Vp = V + p * rows * Kp;
+  if (sizeof(VT) == 4 && prm.raw_u) {  // float only (checked by the op)
+    // Block-major: each row of points of a block is transformed once into Ur (alpha x Kp x 32,
+    // L2-sized) and multiplied by those points' transformed input (V is re-read per block).
+    float* Ur = Mbuf + nc * rows * P * 32;
     for (int64_t c = 0; c < nc; ++c) {
-      float* Mp = Mbuf + c * rows * P * 32 + p * 32;
-      const VT* U = static_cast<const VT*>(prm.u) + (p * ncob + cob_begin + c) * Kp * 32;
-      for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-        const int h = rows - r0 < kRows ? static_cast<int>(rows - r0) : kRows;
-        gemm_rows<VT>(h, Vp + r0 * Kp, Kp, U, Kp, Mp + r0 * P * 32, P * 32);
+      const float* g = static_cast<const float*>(prm.u) + (cob_begin + c) * Kp * 9 * 32;
+      for (int a_row = 0; a_row < A; ++a_row) {
+        weight_row<M>(g, Kp, a_row, Ur);
+        for (int bcol = 0; bcol < A; ++bcol) {
+          const int p = a_row * A + bcol;
+          const VT* Vp = V + p * rows * Kp;
+          float* Mp = Mbuf + c * rows * P * 32 + p * 32;
+          const VT* U = reinterpret_cast<const VT*>(Ur + bcol * Kp * 32);
+          for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+            const int h = rows - r0 < kRows ? static_cast<int>(rows - r0) : kRows;
+            gemm_rows<VT>(h, Vp + r0 * Kp, Kp, U, Kp, Mp + r0 * P * 32, P * 32);
+          }
+        }
+      }
+    }
+  } else {
+    // Point-major: one point's transformed input (rows x Kp) stays in L2 while every block of
+    // output channels multiplies it, and each block's weights (Kp x 32) stay in L1/L2 over all rows.
+    for (int p = 0; p < P; ++p) {
+      const VT* Vp = V + p * rows * Kp;
+      for (int64_t c = 0; c < nc; ++c) {
+        float* Mp = Mbuf + c * rows * P * 32 + p * 32;
+        const VT* U = static_cast<const VT*>(prm.u) + (p * ncob + cob_begin + c) * Kp * 32;
+        for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+          const int h = rows - r0 < kRows ? static_cast<int>(rows - r0) : kRows;
+          gemm_rows<VT>(h, Vp + r0 * Kp, Kp, U, Kp, Mp + r0 * P * 32, P * 32);
+        }
       }
     }
   }

@@ -23,7 +23,8 @@ struct WinoParams {
   // source b (nullptr: none): virtual channels [a_c, a_c + b_c)
   const void* b;
   int64_t b_sn, b_sh, b_sw, b_h, b_w, b_c, b_oy, b_ox;
-  const void* u;       // transformed weights (layout in winograd_kernel.h)
+  const void* u;       // transformed weights, or raw 3x3 taps (layouts in winograd_kernel.h)
+  bool raw_u;          // u holds the raw taps (float32): transformed on the fly
   const float* bias;   // cout rounded up to 32, zero-padded
   void* out;           // NHWC, channel stride 1
   int64_t out_sn, out_sh, out_sw;
@@ -35,7 +36,8 @@ constexpr int kWinoRows = 12;
 inline int64_t wino_scratch_bytes(const WinoParams& p, int64_t rows, int64_t blocks) {
   const int64_t points = (p.m + 2) * (p.m + 2);
   const int64_t v = (points * rows * p.kp * (p.bf16 ? 2 : 4) + 63) / 64 * 64;
-  return v + blocks * points * rows * 32 * 4;
+  const int64_t ur = p.raw_u ? (p.m + 2) * p.kp * 32 * 4 : 0;  // one row of points' weights
+  return v + blocks * points * rows * 32 * 4 + ur;
 }
 
 namespace wino_avx512 {

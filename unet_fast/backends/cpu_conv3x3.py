@@ -44,7 +44,14 @@ from ..reference import join_skip
 from . import cpu_conv_memory
 
 DIRECT, WINOGRAD4, WINOGRAD2 = "direct", "winograd4", "winograd2"
-_FORCED = {"direct": DIRECT, "winograd": WINOGRAD4, "winograd2": WINOGRAD2}
+# F(4x4) from the raw taps, transformed on the fly by the kernel: the memory of direct weights
+WINOGRAD4_OTF = "winograd4otf"
+_FORCED = {"direct": DIRECT, "winograd": WINOGRAD4, "winograd2": WINOGRAD2,
+           "winograd4otf": WINOGRAD4_OTF}
+# F(4x4) on the fly is a candidate where the transformed weights would take more than this: there
+# the kernel streams them from L3 or memory anyway (csrc/cpu/winograd_cpu.cpp, kBigWeightBytes)
+# and reading 9 taps per input-output pair instead of 36 values can beat transforming them again.
+_OTF_MIN_U_BYTES = 6 << 20
 _CL = torch.channels_last
 # Below these, Winograd's padded channel blocks (16 in, 32 out) would mostly multiply zeros.
 _MIN_WINOGRAD_IN, _MIN_WINOGRAD_OUT = 8, 8
@@ -112,13 +119,19 @@ class Conv3x3:
         self._forms: dict[str, object] = {}
         self._lock = threading.Lock()
 
-    def candidates(self) -> list[str]:
+    def candidates(self, every_form: bool = False) -> list[str]:
         """The tactics this layer can run with, cheapest in memory first: F(4x4) only in float32,
         since with bfloat16 operands its transforms amplify the rounding to about 8x PyTorch's
-        own bf16 error (F(2x2) stays within 2x)."""
+        own bf16 error (F(2x2) stays within 2x); F(4x4) on the fly only where its transformed
+        weights are large (``_OTF_MIN_U_BYTES``), or everywhere F(4x4) can run with
+        ``every_form`` (for a forced tactic)."""
         if self.in_channels < _MIN_WINOGRAD_IN or self.out_channels < _MIN_WINOGRAD_OUT:
             return [DIRECT]
         if self.dtype == torch.float32:
+            u_bytes = cpu_conv_memory.form_bytes(WINOGRAD4, self.in_channels, self.out_channels,
+                                                 self.dtype)
+            if every_form or u_bytes > _OTF_MIN_U_BYTES:
+                return [DIRECT, WINOGRAD4_OTF, WINOGRAD2, WINOGRAD4]
             return [DIRECT, WINOGRAD2, WINOGRAD4]
         if self.dtype == torch.bfloat16:
             return [DIRECT, WINOGRAD2]
@@ -149,8 +162,8 @@ class Conv3x3:
         elif tactic == DIRECT:
             packed = onednn_pack(f)
         else:
-            packed = winograd.pack(f.weight, f.bias, f.padding, 4 if tactic == WINOGRAD4 else 2,
-                                   f.weight.dtype)
+            packed = winograd.pack(f.weight, f.bias, f.padding, 2 if tactic == WINOGRAD2 else 4,
+                                   f.weight.dtype, raw=tactic == WINOGRAD4_OTF)
         if keep():
             with self._lock:
                 packed = self._forms.setdefault(tactic, packed)
@@ -294,7 +307,8 @@ class _PlannedForward:
         self.index += 1
         keep = self.planner.keep
         if self.forced is not None:
-            options = layer.candidates()  # a forced Winograd falls back to the layer's best option
+            options = layer.candidates(every_form=True)  # a forced Winograd falls back to the
+            # layer's best option
             tactic = self.forced if self.forced in options or self.forced == DIRECT else options[-1]
             return layer.run(tactic, x, relu, skip, same, keep)
         if self.plan is not None:

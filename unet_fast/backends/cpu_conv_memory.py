@@ -56,8 +56,10 @@ def form_bytes(tactic: str, in_channels: int, out_channels: int, dtype: torch.dt
     size = torch.empty((), dtype=dtype).element_size()
     if tactic == "direct":
         return out_channels * in_channels * 9 * size + out_channels * size
-    m = {"winograd4": 4, "winograd2": 2}[tactic]
     kp, np_ = -(-in_channels // 16) * 16, -(-out_channels // 32) * 32
+    if tactic == "winograd4otf":  # the raw taps, transformed by the kernel on the fly
+        return 9 * kp * np_ * size + np_ * 4
+    m = {"winograd4": 4, "winograd2": 2}[tactic]
     return (m + 2) ** 2 * kp * np_ * size + np_ * 4
 
 
