@@ -25,7 +25,8 @@ later input size needs is built by folding the module's weights again.
 
 ``UNET_FAST_CPU_CONV`` overrides the measurement (and the budget): ``direct``, ``winograd`` (F(4x4)
 in float32, F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels),
-``winograd2`` (F(2x2)), or ``auto`` (the default). Layers smaller than ``_MIN_MEASURED_MACS`` run
+``winograd2`` (F(2x2)), ``winograd4otf`` (F(4x4) from the raw taps, which the kernel transforms
+on the fly: the memory of direct weights; float32), or ``auto`` (the default). Layers smaller than ``_MIN_MEASURED_MACS`` run
 direct in ``auto`` without being measured.
 """
 
@@ -48,10 +49,6 @@ DIRECT, WINOGRAD4, WINOGRAD2 = "direct", "winograd4", "winograd2"
 WINOGRAD4_OTF = "winograd4otf"
 _FORCED = {"direct": DIRECT, "winograd": WINOGRAD4, "winograd2": WINOGRAD2,
            "winograd4otf": WINOGRAD4_OTF}
-# F(4x4) on the fly is a candidate where the transformed weights would take more than this: there
-# the kernel streams them from L3 or memory anyway (csrc/cpu/winograd_cpu.cpp, kBigWeightBytes)
-# and reading 9 taps per input-output pair instead of 36 values can beat transforming them again.
-_OTF_MIN_U_BYTES = 6 << 20
 _CL = torch.channels_last
 # Below these, Winograd's padded channel blocks (16 in, 32 out) would mostly multiply zeros.
 _MIN_WINOGRAD_IN, _MIN_WINOGRAD_OUT = 8, 8
@@ -122,15 +119,14 @@ class Conv3x3:
     def candidates(self, every_form: bool = False) -> list[str]:
         """The tactics this layer can run with, cheapest in memory first: F(4x4) only in float32,
         since with bfloat16 operands its transforms amplify the rounding to about 8x PyTorch's
-        own bf16 error (F(2x2) stays within 2x); F(4x4) on the fly only where its transformed
-        weights are large (``_OTF_MIN_U_BYTES``), or everywhere F(4x4) can run with
-        ``every_form`` (for a forced tactic)."""
+        own bf16 error (F(2x2) stays within 2x). F(4x4) on the fly is offered only with
+        ``every_form`` (a forced tactic): per layer it is 1.2-2.1x faster than direct on the
+        256- to 1024-channel layers and level with F(4x4) on the 1024-channel ones, but whole
+        networks planned with it were not measured faster yet (benchmarks/NOTES.md)."""
         if self.in_channels < _MIN_WINOGRAD_IN or self.out_channels < _MIN_WINOGRAD_OUT:
             return [DIRECT]
         if self.dtype == torch.float32:
-            u_bytes = cpu_conv_memory.form_bytes(WINOGRAD4, self.in_channels, self.out_channels,
-                                                 self.dtype)
-            if every_form or u_bytes > _OTF_MIN_U_BYTES:
+            if every_form:
                 return [DIRECT, WINOGRAD4_OTF, WINOGRAD2, WINOGRAD4]
             return [DIRECT, WINOGRAD2, WINOGRAD4]
         if self.dtype == torch.bfloat16:
