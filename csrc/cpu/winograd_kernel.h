@@ -378,6 +378,16 @@ static inline void gemm_rows(int rows, const VT* A, int64_t lda, const VT* B, in
   }
 }
 
+// One point's GEMM over a chunk: M[rows][32] (row stride P * 32) = V[rows][Kp] U[Kp][32], in
+// micro-tiles of kRows rows and one of the remainder's height.
+template <typename VT, int P>
+static inline void gemm_point(int64_t rows, const VT* Vp, const VT* U, int64_t Kp, float* Mp) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+    const int h = rows - r0 < kRows ? static_cast<int>(rows - r0) : kRows;
+    gemm_rows<VT>(h, Vp + r0 * Kp, Kp, U, Kp, Mp + r0 * P * 32, P * 32);
+  }
+}
+
 // Ur[b][k][32] = sum_j G[b][j] sum_i G[a][i] g[k][i][j][32]: row `a` of points of one block's
 // transformed weights from its 3x3 taps (g: [Kp][9][32]), in float32. Separable, 3 multiply-adds
 // per tap and point (a tenth of the F(4x4) GEMM's per input-output pair on the 49-tile layers);
@@ -435,11 +445,7 @@ static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int6
           const int p = a_row * A + bcol;
           const VT* Vp = V + p * rows * Kp;
           float* Mp = Mbuf + c * rows * P * 32 + p * 32;
-          const VT* U = reinterpret_cast<const VT*>(Ur + bcol * Kp * 32);
-          for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-            const int h = rows - r0 < kRows ? static_cast<int>(rows - r0) : kRows;
-            gemm_rows<VT>(h, Vp + r0 * Kp, Kp, U, Kp, Mp + r0 * P * 32, P * 32);
-          }
+          gemm_point<VT, P>(rows, Vp, reinterpret_cast<const VT*>(Ur + bcol * Kp * 32), Kp, Mp);
         }
       }
     }
@@ -451,10 +457,7 @@ static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int6
       for (int64_t c = 0; c < nc; ++c) {
         float* Mp = Mbuf + c * rows * P * 32 + p * 32;
         const VT* U = static_cast<const VT*>(prm.u) + (p * ncob + cob_begin + c) * Kp * 32;
-        for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-          const int h = rows - r0 < kRows ? static_cast<int>(rows - r0) : kRows;
-          gemm_rows<VT>(h, Vp + r0 * Kp, Kp, U, Kp, Mp + r0 * P * 32, P * 32);
-        }
+        gemm_point<VT, P>(rows, Vp, U, Kp, Mp);
       }
     }
   }

@@ -26,8 +26,8 @@ later input size needs is built by folding the module's weights again.
 ``UNET_FAST_CPU_CONV`` overrides the measurement (and the budget): ``direct``, ``winograd`` (F(4x4)
 in float32, F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels),
 ``winograd2`` (F(2x2)), ``winograd4otf`` (F(4x4) from the raw taps, which the kernel transforms
-on the fly: the memory of direct weights; float32), or ``auto`` (the default). Layers smaller than ``_MIN_MEASURED_MACS`` run
-direct in ``auto`` without being measured.
+on the fly: the memory of direct weights; float32), or ``auto`` (the default). Layers smaller
+than ``_MIN_MEASURED_MACS`` run direct in ``auto`` without being measured.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Conv3x3:
         """The tactics this layer can run with, cheapest in memory first: F(4x4) only in float32,
         since with bfloat16 operands its transforms amplify the rounding to about 8x PyTorch's
         own bf16 error (F(2x2) stays within 2x). F(4x4) on the fly is offered only with
-        ``every_form`` (a forced tactic): per layer it is 1.2-2.1x faster than direct on the
+        ``every_form`` (a forced tactic): per layer it is 1.2-2.3x faster than direct on the
         256- to 1024-channel layers and level with F(4x4) on the 1024-channel ones, but whole
         networks planned with it were not measured faster yet (benchmarks/NOTES.md)."""
         if self.in_channels < _MIN_WINOGRAD_IN or self.out_channels < _MIN_WINOGRAD_OUT:
@@ -303,8 +303,8 @@ class _PlannedForward:
         self.index += 1
         keep = self.planner.keep
         if self.forced is not None:
-            options = layer.candidates(every_form=True)  # a forced Winograd falls back to the
-            # layer's best option
+            # a forced Winograd falls back to the layer's best option
+            options = layer.candidates(every_form=True)
             tactic = self.forced if self.forced in options or self.forced == DIRECT else options[-1]
             return layer.run(tactic, x, relu, skip, same, keep)
         if self.plan is not None:
