@@ -16,7 +16,7 @@ from unet_fast.backends import cpu_conv3x3 as tactics
 from unet_fast.backends import cpu_conv_memory as memory
 from unet_fast.backends.cpu_onednn import pack
 
-D, W2, W4 = tactics.DIRECT, tactics.WINOGRAD2, tactics.WINOGRAD4
+D, W2, W4, OTF = tactics.DIRECT, tactics.WINOGRAD2, tactics.WINOGRAD4, tactics.WINOGRAD4_OTF
 WIDE = dict(base_channels=64, depth=2)  # 10 3x3 layers, 9 of them measured at 124x124
 
 
@@ -54,6 +54,10 @@ def test_form_bytes_are_the_packed_bytes(cin, cout, dtype):
             packed.weight.nbytes + packed.bias.nbytes
     size = torch.empty((), dtype=dtype).element_size()
     assert memory.form_bytes(D, cin, cout, dtype) == (w.numel() + b.numel()) * size
+    if dtype == torch.float32:  # a copy of the taps, where the module's weight cannot be read
+        packed = winograd.pack(w, b, 0, 4, dtype, raw=True)
+        assert memory.form_bytes(OTF, cin, cout, dtype) == \
+            packed.weight.nbytes + packed.bias.nbytes
 
 
 def test_bad_budget_fails_before_measuring(monkeypatch):
@@ -98,6 +102,16 @@ def test_budget_keeps_the_5_percent_rule_and_unmeasured_layers():
     # an upgrade never goes past the layer's own choice (F(2x2) chosen: F(4x4) not 5% faster)
     seconds = [{D: 10.0, W2: 8.0, W4: 7.9}]
     assert memory.budget_plan(seconds, [{D: 0, W2: 1, W4: 3}], [W2], math.inf) == [W2]
+
+
+def test_a_faster_form_that_costs_nothing_is_taken_at_any_budget():
+    """F(4x4) on the fly from the module's weight adds no bytes over direct: budget 0 takes it
+    (regression: an upgrade had to add bytes, so budget 0 meant direct); F(4x4) still needs
+    its bytes."""
+    seconds, extra = [{D: 10.0, OTF: 7.0, W4: 5.0}], [{D: 0, OTF: 0, W4: 3}]
+    assert memory.budget_plan(seconds, extra, [W4], 0) == [OTF]
+    assert memory.budget_plan(seconds, extra, [W4], 3) == [W4]
+    assert memory.budget_plan([{D: 10.0, OTF: 9.8}], [{D: 0, OTF: 0}], [D], 0) == [D]
 
 
 # --- the planner --------------------------------------------------------------------------------
@@ -155,7 +169,8 @@ def test_forms_the_plan_drops_are_freed_and_the_plan_needs_no_packing_later(monk
 
     def recording_pack(*a, **k):
         packed = real_pack(*a, **k)
-        made.append((W4 if packed.m == 4 else W2, weakref.ref(packed.weight)))
+        if not packed.raw:  # (the on-the-fly form is the module's weight, alive for good)
+            made.append((W4 if packed.m == 4 else W2, weakref.ref(packed.weight)))
         return packed
 
     monkeypatch.setattr(winograd, "pack", recording_pack)
@@ -213,6 +228,34 @@ def test_fastest_returns_the_chosen_tactics_output_when_it_was_dropped(monkeypat
     assert best == W4 and out.item() == 2.0
     assert runs == [D, W2, W4, W2, W4, D, W4]  # two rounds, then F(4x4) once more
     assert seconds == {D: 95.0, W2: 94.0, W4: 90.0}
+
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_on_the_fly_form_reads_the_modules_weight_and_costs_no_budget(monkeypatch, norm):
+    """F(4x4) on the fly, fastest in every layer, at budget 0: it never costs more than direct,
+    so the plan takes it everywhere. Without BatchNorm it is the module's weight itself (only a
+    padded bias is added); with BatchNorm a folded copy, as direct's is. Both match float64,
+    also after an in-place weight update."""
+    monkeypatch.setenv("UNET_FAST_CPU_CONV_MEMORY", "0")
+    ref, fast = make_pair(**WIDE, norm=norm)
+    _clock_favouring(monkeypatch, OTF)
+    x = torch.randn(1, 1, 124, 124, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_l2(fast(x.float()), ref(x)) <= 1e-5
+        planner = _packed(fast).planner
+        (plan,) = planner.plans.values()
+        assert plan == [D] + [OTF] * 9
+        convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)
+                 and m.kernel_size == (3, 3)]
+        for layer, conv in zip(planner.layers[1:], convs[1:], strict=True):
+            shared = layer._forms[OTF].weight.data_ptr() == conv.weight.data_ptr()
+            assert shared == (norm is None)
+            assert layer.form_bytes(OTF) <= layer.form_bytes(D) + 4 * 32
+            assert (layer.form_bytes(OTF) < conv.weight.nbytes) == (norm is None)
+        for p in fast.parameters():
+            p.mul_(1.01)
+        ref.load_state_dict(fast.state_dict())
+        assert rel_l2(fast(x.float()), ref.double()(x)) <= 1e-5
 
 
 @pytest.mark.parametrize("norm", [None, "batch"])

@@ -42,7 +42,8 @@ def test_first_call_measures_then_the_plan_is_reused(monkeypatch):
     assert n_measured == 9  # 10 3x3 layers, the first (1 input channel) runs direct unmeasured
     assert len(timed) == n_measured  # the second call ran the cached plan
     (plan,) = planner.plans.values()
-    assert len(plan) == 10 and set(plan) <= {tactics.DIRECT, tactics.WINOGRAD4, tactics.WINOGRAD2}
+    assert len(plan) == 10 and set(plan) <= {tactics.DIRECT, tactics.WINOGRAD4, tactics.WINOGRAD2,
+                                             tactics.WINOGRAD4_OTF}
     for y in (y1, y2):
         assert rel_l2(y, r) <= 1e-5
     # only the chosen form of each layer stays packed (plus the folded weights)
@@ -86,7 +87,7 @@ def test_a_new_size_gets_its_own_plan_and_weight_changes_drop_plans():
         assert rel_l2(y, ref.double()(x.double())) <= 1e-5
 
 
-@pytest.mark.parametrize("mode", ["direct", "winograd", "winograd2"])
+@pytest.mark.parametrize("mode", ["direct", "winograd", "winograd2", "winograd4otf"])
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_forced_tactics_match_float64(monkeypatch, mode, padding):
     monkeypatch.setenv("UNET_FAST_CPU_CONV", mode)

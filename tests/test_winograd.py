@@ -1,8 +1,9 @@
 """The Winograd 3x3 kernel (csrc/cpu/winograd_kernel.h, unet_fast/winograd.py) against a float64
 direct convolution (torch's conv2d on float64 tensors): odd sizes, channel counts that are not
 multiples of 16, batches, both paddings, both tile sizes, float32 and bfloat16, the AVX-512 and
-the portable build, the decoder's two-source input, and float32 weights packed raw (the kernel
-transforms the 3x3 taps on the fly)."""
+the portable build, the decoder's two-source input, and float32 weights given raw (the kernel
+lays out and transforms the module's own 3x3 taps on the fly; with m=2 the 64-channel 30x29
+case's 225 tiles take the raw form's 72-row chunks)."""
 
 from __future__ import annotations
 
@@ -177,10 +178,18 @@ def test_pack_refuses_what_it_cannot_pack():
         winograd.pack(torch.randn(4, 4, 3, 3), torch.zeros(4), 1, 4, torch.bfloat16, raw=True)
 
 
+def test_raw_form_is_the_weight_itself():
+    """raw=True costs no memory beyond the bias: the kernel reads a contiguous float32
+    (C_out, C_in, 3, 3) weight as it is, and packing makes no copy of it."""
+    weight = torch.randn(40, 17, 3, 3)
+    conv = winograd.pack(weight, torch.zeros(40), 0, 4, torch.float32, raw=True)
+    assert conv.weight.data_ptr() == weight.data_ptr() and conv.weight.shape == weight.shape
+
+
 def test_raw_taps_in_bfloat16_refused_by_the_op():
-    """The op tells raw taps from transformed weights by their size; raw ones are float32 only."""
+    """The op tells raw taps from transformed weights by their shape; raw ones are float32 only."""
     conv = winograd.pack(torch.randn(8, 16, 3, 3), torch.zeros(8), 0, 4, torch.float32, raw=True)
-    assert conv.weight.numel() == 9 * 16 * 32
+    assert conv.weight.shape == (8, 16, 3, 3)
     bad = winograd.WinogradConv(conv.weight.bfloat16(), conv.bias, 8, 16, 0, 4, raw=True)
     with pytest.raises(RuntimeError, match=r"raw .*float32 only"):
         winograd.conv3x3(torch.randn(1, 16, 9, 9).bfloat16(), bad, True)

@@ -71,11 +71,9 @@ def pack(weight: torch.Tensor, bias: torch.Tensor, padding: int, m: int, dtype: 
     kp, ncob = -(-cin // 16) * 16, -(-cout // 32)
     b = torch.zeros(ncob * 32, dtype=torch.float32)
     b[:cout] = bias.detach().to(torch.float32).cpu()
-    if raw:
-        taps = torch.zeros(ncob * 32, kp, 9, dtype=torch.float32)
-        taps[:cout, :cin] = weight.detach().cpu().reshape(cout, cin, 9)
-        packed = taps.reshape(ncob, 32, kp, 9).permute(0, 2, 3, 1).contiguous()
-        return WinogradConv(packed, b, int(cout), int(cin), int(padding), m, raw=True)
+    if raw:  # the (C_out, C_in, 3, 3) taps as they are: no copy of a contiguous float32 weight
+        taps = weight.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        return WinogradConv(taps, b, int(cout), int(cin), int(padding), m, raw=True)
     g = torch.tensor(_G[m], dtype=torch.float64)
     points = (m + 2) ** 2
     shape = (points, ncob, kp // 2, 32, 2) if dtype == torch.bfloat16 else (points, ncob, kp, 32)

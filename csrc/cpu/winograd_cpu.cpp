@@ -33,6 +33,8 @@ constexpr int64_t kItemBytes = 768 << 10;
 constexpr int64_t kMaxRows = 32 * kWinoRows;
 constexpr int64_t kBigWeightBytes = 6 << 20;
 constexpr int64_t kBigPointBytes = 512 << 10;
+constexpr int64_t kRawSmallKp = 512;
+constexpr int64_t kRawRows = 72;
 
 struct WinoSplit {
   int64_t rows, chunks, groups;
@@ -47,6 +49,10 @@ struct WinoSplit {
 //   in L3). Measured on the paper network's layers (2 threads, interleaved): 1.3-1.9x faster
 //   from 256->256 channels up (U 9.4-151 MiB); at U 1.2-4.7 MiB the L2-bounded chunks stay
 //   8-34% faster, hence the threshold.
+// - Weights transformed on the fly (raw_u), at most 512 input channels: 72 rows. Each chunk
+//   transforms its blocks' weights again, but shorter chunks keep the transformed input near
+//   the core: measured 1.1-1.3x faster than the rows above on the paper network's 128- to
+//   512-channel layers; at 1024 input channels the longer chunks win (weights cost more per row).
 // - Few chunks: output-channel groups share the work (each group transforms its chunk's input
 //   again, cheap next to the GEMMs when Cout is large).
 // - The item count is made a multiple of the thread count where it can be, so no thread idles
@@ -58,6 +64,7 @@ WinoSplit wino_split(const WinoParams& prm, int64_t ntiles, int64_t threads) {
   const bool big = u_bytes > kBigWeightBytes;
   int64_t rows = std::min((big ? kBigPointBytes : kPointBytes) / (kp * esize), kMaxRows);
   if (!big) rows = std::min(rows, kItemBytes / (points * (ncob * 32 * 4 + kp * esize)));
+  if (prm.raw_u && kp <= kRawSmallKp) rows = kRawRows;
   rows = std::max<int64_t>(rows / kWinoRows * kWinoRows, kWinoRows);
   int64_t chunks = (ntiles + rows - 1) / rows;
   if (chunks < 2 * threads && ncob < 2 * threads)  // too few output blocks to share: split tiles
@@ -148,14 +155,16 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& a_in, const std::optional<at::
   TORCH_CHECK(out_channels >= 1 && bias.numel() == ncob * 32,
               "winograd_conv3x3: bias must hold out_channels rounded up to 32 (", ncob * 32,
               "), got ", bias.numel());
-  // The weight is either U (transformed, points values per input-output pair) or, in float32,
-  // the raw taps (9 per pair) that the kernel transforms on the fly; points is never 9.
-  const bool raw_u = weight.numel() == 9 * ncob * kp * 32;
+  // The weight is either U (transformed, laid out by unet_fast.winograd.pack) or, in float32,
+  // the module's (C_out, C_in, 3, 3) weight itself, transformed on the fly (U's third dimension
+  // is a multiple of 16, never 3).
+  const bool raw_u = weight.dim() == 4 && weight.size(0) == out_channels &&
+                     weight.size(1) == cin && weight.size(2) == 3 && weight.size(3) == 3;
   TORCH_CHECK(weight.is_contiguous() && (raw_u || weight.numel() == points * ncob * kp * 32),
               "winograd_conv3x3: weight is not packed for F(", m, "x", m, ", 3x3) with ", cin,
               " input and ", out_channels, " output channels (expected ", points * ncob * kp * 32,
-              " contiguous elements, or ", 9 * ncob * kp * 32, " raw taps, got ", weight.numel(),
-              ")");
+              " contiguous elements, or the (", out_channels, ", ", cin, ", 3, 3) taps; got shape ",
+              weight.sizes(), ")");
   TORCH_CHECK(!raw_u || dtype == at::kFloat,
               "winograd_conv3x3: raw (untransformed) weights are supported in float32 only");
   const int64_t vh = size[0], vw = size[1];

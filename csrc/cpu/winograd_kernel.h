@@ -13,8 +13,9 @@
 //   sources  NHWC, channel stride 1, float or bfloat16 (uint16 bits);
 //   V        [P][T][Kp]      transformed input of one chunk (P = alpha^2 points, T tiles);
 //   U        [P][ncob][Kp][32] float, or [P][ncob][Kp/2][32][2] bf16: transformed weights;
-//            or, float only (prm.raw_u), the untransformed g [ncob][Kp][9][32], transformed
-//            here one row of points of one block at a time into Ur [alpha][Kp][32];
+//            or, float only (prm.raw_u), the module's own weight (C_out, C_in, 3, 3), laid out
+//            per block as taps [Kp][9][32] and transformed here one row of points of one
+//            block at a time into Ur [alpha][Kp][32];
 //   M        [C][T][P][32]   GEMM results of the item's C blocks of 32 output channels;
 //   output   NHWC, float or bf16.
 #pragma once
@@ -413,6 +414,51 @@ static void weight_row(const float* g, int64_t Kp, int a, float* Ur) {
   }
 }
 
+// Transposes the 16x16 matrix whose rows are r[0..15]: four rounds of interleaving row i with
+// row i + 8 (each round is 16 two-source permutes).
+static inline void transpose16(vf r[16]) {
+  const vu lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+  const vu hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  for (int round = 0; round < 4; ++round) {
+    vf t[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = __builtin_shuffle(r[i], r[i + 8], lo);
+      t[2 * i + 1] = __builtin_shuffle(r[i], r[i + 8], hi);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+  }
+}
+
+// g[k][tap][o] = w[cob * 32 + o][k][tap] for one block of 32 output channels of a (C_out, C_in,
+// 3, 3) weight, zero beyond C_out and C_in (up to Kp): the layout weight_row reads, built per
+// block and work item so the layer needs no packed copy of its weights. Runs of 16 (k, tap)
+// values of 16 output channels are transposed in registers.
+static void block_taps(const float* w, int64_t cin, int64_t cout, int64_t cob, int64_t Kp,
+                       float* g) {
+  const int64_t n = cin * 9;
+  for (int64_t q0 = 0; q0 < n; q0 += kLanes) {
+    const int64_t nq = n - q0 < kLanes ? n - q0 : kLanes;
+    for (int half = 0; half < 2; ++half) {
+      vf r[16];
+      for (int l = 0; l < kLanes; ++l) {
+        const int64_t co = cob * 32 + half * kLanes + l;
+        const float* src = w + co * n + q0;
+        if (co < cout && nq == kLanes) {
+          r[l] = load(src);
+        } else {
+          r[l] = splat(0.f);
+          if (co < cout) {
+            for (int64_t q = 0; q < nq; ++q) r[l][q] = src[q];
+          }
+        }
+      }
+      transpose16(r);
+      for (int64_t q = 0; q < nq; ++q) store(g + (q0 + q) * 32 + half * kLanes, r[q]);
+    }
+  }
+  std::memset(g + n * 32, 0, (Kp - cin) * 9 * 32 * sizeof(float));
+}
+
 template <int M, typename T>
 static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int64_t cob_begin,
                      int64_t cob_end, void* scratch) {
@@ -434,13 +480,17 @@ static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int6
     input_tile<M>(prm, a, b, n, (r / prm.tiles_x) * M, (r % prm.tiles_x) * M, V, t - t_begin, rows);
   }
   if (sizeof(VT) == 4 && prm.raw_u) {  // float only (checked by the op)
-    // Block-major: each row of points of a block is transformed once into Ur (alpha x Kp x 32,
-    // L2-sized) and multiplied by those points' transformed input (V is re-read per block).
+    // Block-major: each block's taps are laid out once (block_taps), then each row of its points
+    // is transformed into Ur (alpha x Kp x 32, L2-sized) and multiplied by those points'
+    // transformed input (V is re-read per block). Measured on the paper network's layers, this
+    // order beats transforming rows of points for all blocks first (1.1-1.7x from 512 channels).
     float* Ur = Mbuf + nc * rows * P * 32;
+    float* taps = Ur + A * Kp * 32;
     for (int64_t c = 0; c < nc; ++c) {
-      const float* g = static_cast<const float*>(prm.u) + (cob_begin + c) * Kp * 9 * 32;
+      block_taps(static_cast<const float*>(prm.u), prm.a_c + prm.b_c, prm.cout, cob_begin + c,
+                 Kp, taps);
       for (int a_row = 0; a_row < A; ++a_row) {
-        weight_row<M>(g, Kp, a_row, Ur);
+        weight_row<M>(taps, Kp, a_row, Ur);
         for (int bcol = 0; bcol < A; ++bcol) {
           const int p = a_row * A + bcol;
           const VT* Vp = V + p * rows * Kp;

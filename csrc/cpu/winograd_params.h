@@ -24,7 +24,7 @@ struct WinoParams {
   const void* b;
   int64_t b_sn, b_sh, b_sw, b_h, b_w, b_c, b_oy, b_ox;
   const void* u;       // transformed weights, or raw 3x3 taps (layouts in winograd_kernel.h)
-  bool raw_u;          // u holds the raw taps (float32): transformed on the fly
+  bool raw_u;          // u is the (C_out, C_in, 3, 3) weight (float32): transformed on the fly
   const float* bias;   // cout rounded up to 32, zero-padded
   void* out;           // NHWC, channel stride 1
   int64_t out_sn, out_sh, out_sw;
@@ -37,7 +37,8 @@ inline int64_t wino_scratch_bytes(const WinoParams& p, int64_t rows, int64_t blo
   const int64_t points = (p.m + 2) * (p.m + 2);
   const int64_t v = (points * rows * p.kp * (p.bf16 ? 2 : 4) + 63) / 64 * 64;
   const int64_t ur = p.raw_u ? (p.m + 2) * p.kp * 32 * 4 : 0;  // one row of points' weights
-  return v + blocks * points * rows * 32 * 4 + ur;
+  const int64_t taps = p.raw_u ? p.kp * 9 * 32 * 4 : 0;       // one block's taps, packed
+  return v + blocks * points * rows * 32 * 4 + ur + taps;
 }
 
 namespace wino_avx512 {

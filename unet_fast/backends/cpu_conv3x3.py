@@ -2,32 +2,33 @@
 within a memory budget.
 
 Every 3x3 layer can run as a direct oneDNN convolution or as one of the project's Winograd
-kernels (:mod:`unet_fast.winograd`, F(4x4, 3x3) and F(2x2, 3x3)). Which is fastest depends on the
-layer's channels, its spatial size and the machine, so the backend measures it: the first forward
-at a new input size times each candidate on that layer's real input (after building its weights,
-which is not timed; the layer's candidate forms are alive together while it is timed, and only
-the best output so far is kept) and notes the fastest, layer by layer (see :func:`fastest`).
+kernels (:mod:`unet_fast.winograd`): F(4x4, 3x3) and F(2x2, 3x3) from transformed weights, or
+F(4x4) from the layer's own 3x3 taps, which the kernel lays out and transforms per work item
+("on the fly"). Which is fastest depends on the layer's channels, its spatial size and the
+machine, so the backend measures it: the first forward at a new input size times each candidate
+on that layer's real input (after building its weights, which is not timed; the layer's
+candidate forms are alive together while it is timed, and only the best output so far is kept)
+and notes the fastest, layer by layer (see :func:`fastest`).
 
-Winograd forms hold more memory than direct ones (F(4x4) 4x the layer's weights, F(2x2) 1.8x),
-and the layers that gain least per extra byte are the widest, which hold most of the weights.
-So at the end of that forward the plan is cut to a budget on the extra bytes
-(``UNET_FAST_CPU_CONV_MEMORY`` times the direct weights, no cap by default; see
-:mod:`.cpu_conv_memory`), spent where the measured time saved per extra byte is largest. The forms
-the plan uses are built then (the first call's own output came from the fastest forms), every
-other form and the folded weights are freed, and the C heap's freed pages go back to the OS.
-Where folding changes nothing (no BatchNorm, the module in the compute dtype) the direct form is
-the module's own weight, reordered by oneDNN on each call instead of held twice.
-Measured on the paper tile in float32 (``benchmarks/cpu_memory.py``, the benchmark's peak RSS
-growth): 874 MB with no budget (F(4x4) almost everywhere, 427 MB of packed 3x3 weights),
-550-585 MB at a budget of 0.5 (51 MB), against 602-720 MB for eager PyTorch NCHW. The plan is
-cached beside the packed weights and dropped with them when the weights change; a form that a
-later input size needs is built by folding the module's weights again.
+Transformed weights hold more memory than direct ones (F(4x4) 4x the layer's weights, F(2x2)
+1.8x), and the layers that gain least per extra byte are the widest, which hold most of the
+weights; direct and F(4x4) on the fly read the module's own weight where folding changed
+nothing (no BatchNorm, the module in the compute dtype) and hold nothing more. So at the end of
+that forward the plan is cut to a budget on the extra bytes (``UNET_FAST_CPU_CONV_MEMORY`` times
+the direct weights, 0.5 by default; see :mod:`.cpu_conv_memory`), spent where the measured time
+saved per extra byte is largest. The forms the plan uses are built then (the first call's own
+output came from the fastest forms), every other form and the folded weights are freed, and the
+C heap's freed pages go back to the OS. Measured on the paper tile in float32
+(``benchmarks/cpu_memory.py``, the benchmark's peak RSS growth): 924 MB with no budget (376 MB
+of transformed 3x3 weights), 612 MB at 0.5 (52 MB), 550 MB at 0, against 609-621 MB for eager
+PyTorch NCHW; 0.5 ran within 1% of the uncapped plan's time, 0 at 1.08x. The plan is cached
+beside the packed weights and dropped with them when the weights change; a form that a later
+input size needs is built by folding the module's weights again.
 
 ``UNET_FAST_CPU_CONV`` overrides the measurement (and the budget): ``direct``, ``winograd`` (F(4x4)
 in float32, F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels),
-``winograd2`` (F(2x2)), ``winograd4otf`` (F(4x4) from the raw taps, which the kernel transforms
-on the fly: the memory of direct weights; float32), or ``auto`` (the default). Layers smaller
-than ``_MIN_MEASURED_MACS`` run direct in ``auto`` without being measured.
+``winograd2`` (F(2x2)), ``winograd4otf`` (F(4x4) on the fly; float32), or ``auto`` (the default).
+Layers smaller than ``_MIN_MEASURED_MACS`` run direct in ``auto`` without being measured.
 """
 
 from __future__ import annotations
@@ -111,24 +112,22 @@ class Conv3x3:
         self.out_channels = folded.weight.shape[0]
         # direct runs from the module's own weight where folding changed nothing: no second copy
         # in memory, for a reorder into oneDNN's layout on every call (measured +3 to +27 ms on the
-        # paper network's 512/1024-channel layers, 5-45% of their direct time, 2 threads)
+        # paper network's 512/1024-channel layers, 5-45% of their direct time, 2 threads); so does
+        # F(4x4) on the fly where that weight is contiguous (the kernel reads it as it is)
         self.shares_module_weight = folded.source is not None
+        self.otf_shares_module_weight = self.shares_module_weight and folded.source.is_contiguous()
         self._forms: dict[str, object] = {}
         self._lock = threading.Lock()
 
-    def candidates(self, every_form: bool = False) -> list[str]:
-        """The tactics this layer can run with, cheapest in memory first: F(4x4) only in float32,
-        since with bfloat16 operands its transforms amplify the rounding to about 8x PyTorch's
-        own bf16 error (F(2x2) stays within 2x). F(4x4) on the fly is offered only with
-        ``every_form`` (a forced tactic): per layer it is 1.2-2.3x faster than direct on the
-        256- to 1024-channel layers and level with F(4x4) on the 1024-channel ones, but whole
-        networks planned with it were not measured faster yet (benchmarks/NOTES.md)."""
+    def candidates(self) -> list[str]:
+        """The tactics this layer can run with, cheapest in memory first. F(4x4) only in
+        float32, since with bfloat16 operands its transforms amplify the rounding to about 8x
+        PyTorch's own bf16 error (F(2x2) stays within 2x); so is F(4x4) on the fly, which reads
+        float32 taps."""
         if self.in_channels < _MIN_WINOGRAD_IN or self.out_channels < _MIN_WINOGRAD_OUT:
             return [DIRECT]
         if self.dtype == torch.float32:
-            if every_form:
-                return [DIRECT, WINOGRAD4_OTF, WINOGRAD2, WINOGRAD4]
-            return [DIRECT, WINOGRAD2, WINOGRAD4]
+            return [DIRECT, WINOGRAD4_OTF, WINOGRAD2, WINOGRAD4]
         if self.dtype == torch.bfloat16:
             return [DIRECT, WINOGRAD2]
         return [DIRECT]
@@ -137,6 +136,8 @@ class Conv3x3:
         """Bytes this layer's packed weights in ``tactic`` add to the module's own."""
         if tactic == DIRECT and self.shares_module_weight:
             return self.out_channels * self.dtype.itemsize  # the bias alone
+        if tactic == WINOGRAD4_OTF and self.otf_shares_module_weight:
+            return -(-self.out_channels // 32) * 32 * 4  # the bias alone, padded for the kernel
         return cpu_conv_memory.form_bytes(tactic, self.in_channels, self.out_channels, self.dtype)
 
     def worth_measuring(self, x: torch.Tensor) -> bool:
@@ -157,9 +158,12 @@ class Conv3x3:
             packed = (f.source, [f.padding, f.padding], f.bias)
         elif tactic == DIRECT:
             packed = onednn_pack(f)
+        elif tactic == WINOGRAD4_OTF:  # reads the module's weight where it has no copy of its own
+            weight = f.source if f.source is not None else f.weight
+            packed = winograd.pack(weight, f.bias, f.padding, 4, weight.dtype, raw=True)
         else:
             packed = winograd.pack(f.weight, f.bias, f.padding, 2 if tactic == WINOGRAD2 else 4,
-                                   f.weight.dtype, raw=tactic == WINOGRAD4_OTF)
+                                   f.weight.dtype)
         if keep():
             with self._lock:
                 packed = self._forms.setdefault(tactic, packed)
@@ -304,7 +308,7 @@ class _PlannedForward:
         keep = self.planner.keep
         if self.forced is not None:
             # a forced Winograd falls back to the layer's best option
-            options = layer.candidates(every_form=True)
+            options = layer.candidates()
             tactic = self.forced if self.forced in options or self.forced == DIRECT else options[-1]
             return layer.run(tactic, x, relu, skip, same, keep)
         if self.plan is not None:

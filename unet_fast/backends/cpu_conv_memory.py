@@ -1,17 +1,19 @@
 """How much memory the CPU backend's Winograd weights may take, and the plan that respects it.
 
 A Winograd form holds more than the layer's direct (oneDNN) weights: F(4x4, 3x3) 36/9 = 4x,
-F(2x2, 3x3) 16/9 = 1.8x (a little more where the channels are padded to the kernel's blocks).
+F(2x2, 3x3) 16/9 = 1.8x (a little more where the channels are padded to the kernel's blocks);
+F(4x4) on the fly holds nothing more where it reads the module's own weight.
 On the paper network the layers that gain least time per extra byte are the 512- and
 1024-channel ones that hold most of the weights, and a plan that takes the fastest form
 everywhere holds 3.6x the direct weights (427 MB against 118 MB in float32). The budget caps
 the bytes the 3x3 layers' forms add beyond their cheapest form, summed over the layers, at
 ``UNET_FAST_CPU_CONV_MEMORY`` times the bytes of all 3x3 layers' direct weights (default
-``_DEFAULT_BUDGET``; ``inf`` for no cap, ``0`` for direct wherever Winograd costs memory), and
-:func:`budget_plan` spends it where the measured time saved per extra byte is largest. The
-cheapest form is direct; where folding changes nothing (no BatchNorm, the module already in the
-compute dtype, as the paper network in float32) direct runs from the module's own weight and
-adds nothing, so there the budget caps the Winograd forms' whole size.
+``_DEFAULT_BUDGET``, 0.5; ``inf`` for no cap, ``0`` for only the forms that cost nothing more
+than direct), and :func:`budget_plan` spends it where the measured time saved per extra byte is
+largest. The cheapest forms are direct and F(4x4) on the fly: where folding changes nothing (no
+BatchNorm, the module already in the compute dtype, as the paper network in float32) both run
+from the module's own weight and add nothing, so there the budget caps the transformed forms'
+whole size.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from collections.abc import Sequence
 
 import torch
 
-# No cap by default: speed is the default. Measured on the paper tile in fp32 (2 threads, one
-# interleaved process, 2026-12-03, after the Winograd work split): budget 0.5 / 1.0 / 1.5 are
-# 1.34x / 1.26x / 1.18x the uncapped plan's time (the 512- and 1024-channel layers lose F(4x4)),
-# and the benchmark's peak is 584 / 632 / 673 MB against the uncapped 915 (eager NCHW ~610-670).
-# A user who needs eager's peak sets UNET_FAST_CPU_CONV_MEMORY=0.5 (benchmarks/NOTES.md, "CPU
-# peak memory").
-_DEFAULT_BUDGET = math.inf
+# Half the direct weights by default. Measured on the paper tile in fp32 (2 threads, 2026-12-03),
+# since F(4x4) on the fly reads the module's own weight (0 extra bytes) and is a plan candidate:
+# budget inf / 1 / 0.5 / 0.25 / 0 took 1.00 / 0.92 / 0.99 / 1.06 / 1.08x the time of the uncapped
+# plan in one interleaved process (the plans differ by per-layer measuring noise), with a peak of
+# 924 / 656 / 612 / 578 / 550 MB (benchmarks/cpu_memory.py; eager NCHW 609-621 MB). 0.5 is the
+# largest budget that keeps eager's peak; before the on-the-fly form it cost 1.34x.
+_DEFAULT_BUDGET = 0.5
 _ENV = "UNET_FAST_CPU_CONV_MEMORY"
 
 
@@ -51,14 +53,15 @@ def memory_budget() -> float:
 
 
 def form_bytes(tactic: str, in_channels: int, out_channels: int, dtype: torch.dtype) -> int:
-    """Bytes of one 3x3 layer's packed weights in ``tactic`` (bias included): direct, or F(m x m)
-    with input channels padded to 16 and output channels to 32 (see unet_fast.winograd.pack)."""
+    """Bytes of one 3x3 layer's packed weights in ``tactic`` (bias included) where they are a
+    copy of their own: direct, F(4x4) on the fly (the taps as they are), or F(m x m) with input
+    channels padded to 16 and output channels to 32 (see unet_fast.winograd.pack)."""
     size = torch.empty((), dtype=dtype).element_size()
+    kp, np_ = -(-in_channels // 16) * 16, -(-out_channels // 32) * 32
     if tactic == "direct":
         return out_channels * in_channels * 9 * size + out_channels * size
-    kp, np_ = -(-in_channels // 16) * 16, -(-out_channels // 32) * 32
-    if tactic == "winograd4otf":  # the raw taps, transformed by the kernel on the fly
-        return 9 * kp * np_ * size + np_ * 4
+    if tactic == "winograd4otf":  # the taps, transformed by the kernel on the fly
+        return out_channels * in_channels * 9 * size + np_ * 4
     m = {"winograd4": 4, "winograd2": 2}[tactic]
     return (m + 2) ** 2 * kp * np_ * size + np_ * 4
 
@@ -89,9 +92,11 @@ def budget_plan(seconds: Sequence[dict[str, float]], extra: Sequence[dict[str, i
             now, cap = plan[i], extra[i][fastest[i]]
             for t, sec in times.items():
                 more = extra[i][t] - extra[i][now]
-                if more <= 0 or extra[i][t] > cap or more > left or not sec < 0.95 * times[now]:
+                if t == now or extra[i][t] > cap or more > left or not sec < 0.95 * times[now]:
                     continue
-                ratio = (times[now] - sec) / more
+                # a faster form that costs no more (F(4x4) on the fly from the module's weight
+                # against direct) is taken first
+                ratio = math.inf if more <= 0 else (times[now] - sec) / more
                 if best is None or ratio > best[0]:
                     best = (ratio, i, t)
         if best is None:
