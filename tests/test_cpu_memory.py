@@ -187,6 +187,36 @@ def test_forms_the_plan_drops_are_freed_and_the_plan_needs_no_packing_later(monk
     assert len(made) == n_packed  # the budget's forms were built by the first call
 
 
+def test_forms_larger_than_the_whole_budget_are_never_built(monkeypatch):
+    """At budget 0.3 (2 MB here) the 128- and 256-channel layers' transformed weights (up to
+    9.4 MB) could never be kept, so measuring neither builds nor times them; the forms that fit
+    still are."""
+    monkeypatch.setenv("UNET_FAST_CPU_CONV_MEMORY", "0.3")
+    ref, fast = make_pair(**WIDE)
+    _clock_favouring(monkeypatch, W4)
+    built: list[tuple[int, int, str]] = []
+    real_pack = winograd.pack
+
+    def recording_pack(weight, *a, **k):
+        packed = real_pack(weight, *a, **k)
+        tactic = OTF if packed.raw else W4 if packed.m == 4 else W2
+        built.append((packed.in_channels, packed.out_channels, tactic))
+        return packed
+
+    monkeypatch.setattr(winograd, "pack", recording_pack)
+    x = torch.randn(1, 1, 124, 124, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_l2(fast(x.float()), ref(x)) <= 1e-5
+    planner = _packed(fast).planner
+    budget = 0.3 * planner.direct_bytes()
+    for layer in planner.layers[1:]:
+        for tactic in (W2, W4):
+            fits = layer.form_bytes(tactic) - layer.form_bytes(D) <= budget
+            assert ((layer.in_channels, layer.out_channels, tactic) in built) == fits
+    assert not all(layer.form_bytes(W4) <= budget for layer in planner.layers[1:])
+    assert any(layer.form_bytes(W4) <= budget for layer in planner.layers[1:])
+
+
 def test_forced_tactic_drops_the_folded_weights(monkeypatch):
     """Regression: with UNET_FAST_CPU_CONV set no plan is made, and the folded weights (as large
     as the model's) were kept for good."""

@@ -33,6 +33,7 @@ Layers smaller than ``_MIN_MEASURED_MACS`` run direct in ``auto`` without being 
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -189,15 +190,17 @@ class Conv3x3:
 
 def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor],
             keep: Callable[[], bool] = lambda: True,
-            seconds: dict[str, float] | None = None) -> tuple[str, torch.Tensor]:
+            seconds: dict[str, float] | None = None,
+            tactics: list[str] | None = None) -> tuple[str, torch.Tensor]:
     """Time ``run(tactic)`` for each of ``layer``'s candidates and return the fastest tactic with
     its output. After one round over all of them (weights built first, not timed), the ones
     within 20% of the best so far are timed twice more, the order rotated each round (so a slow
     spell of a shared machine does not fall on one candidate); each keeps its best time. A
     candidate that needs more memory than the one before it (direct < F(2x2) < F(4x4): 1x, 1.8x,
     4x the weights) must be 5% faster to be chosen. ``seconds``, if given, receives each
-    candidate's best time."""
-    tactics = layer.candidates()
+    candidate's best time. ``tactics``: the candidates to time (default: all of the layer's)."""
+    if tactics is None:
+        tactics = layer.candidates()
     if seconds is None:
         seconds = {}
     seconds.update(dict.fromkeys(tactics, float("inf")))
@@ -249,9 +252,15 @@ class Planner:
     def start(self, key: tuple[int, ...]) -> _PlannedForward:
         forced = forced_tactic()
         plan = None if forced is not None else self.plans.get(key)
-        if forced is None and plan is None:
-            cpu_conv_memory.memory_budget()  # a bad value fails now, not after measuring
-        return _PlannedForward(self, key, plan, forced)
+        budget = math.inf
+        if forced is None and plan is None:  # a bad value fails now, not after measuring
+            budget = cpu_conv_memory.memory_budget() * self.direct_bytes()
+        return _PlannedForward(self, key, plan, forced, budget)
+
+    def direct_bytes(self) -> int:
+        """Bytes of all 3x3 layers' direct weights: the unit of the memory budget."""
+        return sum(cpu_conv_memory.form_bytes(DIRECT, layer.in_channels, layer.out_channels,
+                                              layer.dtype) for layer in self.layers)
 
     def chosen(self, index: int, tactic: str) -> None:
         """Free the forms of layer ``index`` that neither ``tactic`` nor another plan uses."""
@@ -265,8 +274,7 @@ class Planner:
         :mod:`.cpu_conv_memory`). Builds the forms the plan needs that measuring did not keep,
         frees every other form and the folded weights, and returns the freed heap to the OS."""
         layers = self.layers
-        direct = sum(cpu_conv_memory.form_bytes(DIRECT, layer.in_channels, layer.out_channels,
-                                                layer.dtype) for layer in layers)
+        direct = self.direct_bytes()
         extra = [{t: layer.form_bytes(t) - layer.form_bytes(DIRECT) for t in layer.candidates()}
                  for layer in layers]
         plan = cpu_conv_memory.budget_plan(seconds, extra, fastest,
@@ -295,8 +303,9 @@ class Planner:
 
 class _PlannedForward:
     def __init__(self, planner: Planner, key: tuple[int, ...], plan: list[str] | None,
-                 forced: str | None) -> None:
+                 forced: str | None, budget: float) -> None:
         self.planner, self.key, self.plan, self.forced = planner, key, plan, forced
+        self.budget = budget  # extra bytes the plan may hold: no form larger than it is timed
         self.measured: list[str] = []
         self.seconds: list[dict[str, float]] = []
         self.index = 0
@@ -317,8 +326,14 @@ class _PlannedForward:
         if not layer.worth_measuring(x):
             tactic, out = DIRECT, layer.run(DIRECT, x, relu, skip, same, keep)
         else:
+            # a form that could never fit the budget is neither built nor timed: planning the
+            # paper network at the default budget would otherwise build the 1024-channel layers'
+            # F(4x4) weights (151 MB each) only to drop them
+            base = layer.form_bytes(DIRECT)
+            affordable = [t for t in layer.candidates()
+                          if layer.form_bytes(t) - base <= self.budget]
             tactic, out = fastest(layer, lambda t: layer.run(t, x, relu, skip, same, keep), keep,
-                                  seconds)
+                                  seconds, affordable)
         self.measured.append(tactic)
         self.seconds.append(seconds)
         self.planner.chosen(i, tactic)
