@@ -1,11 +1,13 @@
 """unet_fast: fast, seamless U-Net inference with the weights of a plain PyTorch model.
 
-Importing this package never touches a GPU; backends are chosen per call.
+Importing this package never touches a GPU; backends are chosen per call. Imported before
+torch, it asks torch's CPU allocator for transparent huge pages (see ``unet_fast._huge_pages``).
 """
 
 from __future__ import annotations
 
-from . import reference, sizes
+# _huge_pages first (isort keeps it first): torch reads THP_MEM_ALLOC_ENABLE at its first allocation
+from . import _huge_pages, reference, sizes  # noqa: F401
 from .backends.cpu_onednn import CpuOneDNNBackend
 from .backends.cuda_triton import CudaTritonBackend
 from .checkpoint import CheckpointError, load, save

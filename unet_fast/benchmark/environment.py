@@ -97,6 +97,8 @@ def environment(device: str) -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "unet_fast": unet_fast.__version__,
+        # torch's CPU allocator advises huge pages for big buffers (every row of the run alike)
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "git": git_revision(),
         "driver": None,
     }
