@@ -196,9 +196,10 @@ def fastest(layer: Conv3x3, run: Callable[[str], torch.Tensor],
     its output. After one round over all of them (weights built first, not timed), the ones
     within 20% of the best so far are timed twice more, the order rotated each round (so a slow
     spell of a shared machine does not fall on one candidate); each keeps its best time. A
-    candidate that needs more memory than the one before it (direct < F(2x2) < F(4x4): 1x, 1.8x,
-    4x the weights) must be 5% faster to be chosen. ``seconds``, if given, receives each
-    candidate's best time. ``tactics``: the candidates to time (default: all of the layer's)."""
+    candidate later in the list (more memory: direct and F(4x4) on the fly 1x the weights or
+    none, F(2x2) 1.8x, F(4x4) 4x) must be 5% faster than the best before it to be chosen.
+    ``seconds``, if given, receives each candidate's best time. ``tactics``: the candidates to
+    time (default: all of the layer's)."""
     if tactics is None:
         tactics = layer.candidates()
     if seconds is None:
@@ -309,6 +310,14 @@ class _PlannedForward:
         self.measured: list[str] = []
         self.seconds: list[dict[str, float]] = []
         self.index = 0
+
+    def next_tactic(self) -> str | None:
+        """The tactic the next 3x3 layer will run with, where it is known before it runs: from
+        the cached plan or a forced ``direct`` (None while measuring or with another forced
+        tactic, which falls back per layer)."""
+        if self.forced is not None:
+            return DIRECT if self.forced == DIRECT else None
+        return self.plan[self.index] if self.plan is not None else None
 
     def conv(self, layer: Conv3x3, x: torch.Tensor, relu: bool = True,
              skip: torch.Tensor | None = None, same: bool = False) -> torch.Tensor:

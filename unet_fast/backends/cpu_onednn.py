@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from ..dispatch import compute_dtype
 from ..packing import FoldedConv, PackedLayers, pack_layers
 from ..weight_checks import check_weights
-from .cpu_conv3x3 import Conv3x3, Planner, onednn_conv, onednn_pack
+from .cpu_conv3x3 import DIRECT, Conv3x3, Planner, onednn_conv, onednn_pack
+from .cpu_pool import maxpool2x2
 
 if TYPE_CHECKING:
     from ..model import UNet
@@ -71,6 +72,39 @@ def _upconv(x: torch.Tensor, up: PackedUp) -> torch.Tensor:
         by_parity[:, :, i].copy_(block.view(n, h, w * c2))
         del block
     return out.permute(0, 3, 1, 2)
+
+
+def upconv_joined(x: torch.Tensor, up: PackedUp, skip: torch.Tensor, same: bool) -> torch.Tensor:
+    """``join_skip(skip, _upconv(x, up), same)`` built in one NHWC buffer: the skip (cropped) is
+    copied into its channels and the up-convolution's GEMM results straight into theirs (zero
+    around them where same padding pads), so no up-sampled map is written and read again by a
+    concatenation. For a direct convolution, which needs its input in one tensor."""
+    n, _, h, w = x.shape
+    c2 = up.weight.shape[1] // 2
+    cu, cs = c2 // 2, skip.shape[1]
+    dh, dw = skip.shape[-2] - 2 * h, skip.shape[-1] - 2 * w
+    if same:  # up zero-padded to the skip's size, the odd pixel at the bottom/right
+        oy, ox = dh // 2, dw // 2
+    else:  # the skip center-cropped to up's size
+        skip = skip[..., dh // 2: dh // 2 + 2 * h, dw // 2: dw // 2 + 2 * w]
+        oy = ox = 0
+    hh, ww = skip.shape[-2:]
+    joined = torch.empty((n, hh, ww, cs + cu), dtype=x.dtype)
+    joined[..., :cs].copy_(skip.permute(0, 2, 3, 1))
+    part = joined[..., cs:]
+    if (hh, ww) != (2 * h, 2 * w):
+        part[:, :oy].zero_()
+        part[:, oy + 2 * h:].zero_()
+        part[:, :, :ox].zero_()
+        part[:, :, ox + 2 * w:].zero_()
+    # [n, y, i, x, j, c] = up[2y + i, 2x + j, c]
+    dest = part[:, oy: oy + 2 * h, ox: ox + 2 * w].unflatten(1, (h, 2)).unflatten(3, (w, 2))
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)
+    for i in range(2):
+        block = torch.addmm(up.bias[i * c2:(i + 1) * c2], rows, up.weight[:, i * c2:(i + 1) * c2])
+        dest[:, :, i].copy_(block.view(n, h, w, 2, cu))
+        del block
+    return joined.permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -137,18 +171,24 @@ class CpuOneDNNBackend:
             x = run.conv(c1, x)
             x = run.conv(c2, x)
             skips.append(x)
-            x = F.max_pool2d(x, 2)
+            x = maxpool2x2(x)
         c1, c2 = layers.bottleneck
         x = run.conv(c1, x)
         x = run.conv(c2, x)
         # each skip and up-sampled map is dropped as soon as its last reader is done, so the last
         # level (the largest maps) does not also hold the deeper levels' skips
         for up, c1, c2 in layers.decoder:
-            if up is not None:
-                x = _upconv(x, up)
+            skip = skips.pop()
+            if up is not None and run.next_tactic() == DIRECT:
+                # a direct convolution needs one input tensor: build it without a concatenation
+                x = run.conv(c1, upconv_joined(x, up, skip, same))
             else:
-                x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-            x = run.conv(c1, x, skip=skips.pop(), same=same)
+                if up is not None:
+                    x = _upconv(x, up)
+                else:
+                    x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+                x = run.conv(c1, x, skip=skip, same=same)
+            del skip
             x = run.conv(c2, x)
         run.done()
         head = layers.head
