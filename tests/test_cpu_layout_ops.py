@@ -59,3 +59,32 @@ def test_upconv_joined_equals_conv_transpose_then_join(same, skip_hw, up_in_hw, 
     if same and skip_hw != (2 * up_in_hw[0], 2 * up_in_hw[1]):
         border = ref[:, cskip:] == 0
         assert bool((y[:, cskip:][border] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_one_channel_network_runs_nhwc_from_its_first_layer(monkeypatch, dtype):
+    """Regression: a one-channel input kept NCHW strides through contiguous(channels_last), so
+    oneDNN wrote the first layer's output NCHW (a slower kernel, then a full-size layout copy in
+    the next layer). Every 3x3 layer's output must be NHWC, and the result match float64."""
+    from tests.helpers import make_pair
+    from unet_fast.backends import cpu_conv3x3
+
+    monkeypatch.setenv("UNET_FAST_CPU_CONV", "direct")
+    ref, fast = make_pair(base_channels=8, depth=2)
+    outs = []
+    real = cpu_conv3x3.onednn_conv
+
+    def recording(*a, **k):
+        y = real(*a, **k)
+        outs.append(y)
+        return y
+
+    monkeypatch.setattr(cpu_conv3x3, "onednn_conv", recording)
+    x = torch.randn(2, 1, 60, 60, dtype=torch.float64)
+    with torch.no_grad():
+        y = fast(x.to(dtype)) if dtype == torch.float32 else fast.to(dtype)(x.to(dtype))
+    assert len(outs) == 10
+    for out in outs:
+        assert out.is_contiguous(memory_format=CL) and not out.is_contiguous(), out.stride()
+    if dtype == torch.float32:
+        assert rel_l2(y, ref(x)) <= 1e-5

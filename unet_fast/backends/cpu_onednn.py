@@ -163,7 +163,7 @@ class CpuOneDNNBackend:
         packed: PackedUNet = model.weight_cache.get(model, ("cpu", dtype), lambda: pack(model, dtype))
         layers = packed.layers
         same = model.config.padding == "same"
-        x = x.to(dtype).contiguous(memory_format=_CL)
+        x = _channels_last(x.to(dtype))
         run = packed.planner.start(tuple(x.shape[-2:]))
         skips = []
         # one name for the current map, so each layer's input is freed when the layer returns
@@ -194,6 +194,19 @@ class CpuOneDNNBackend:
         head = layers.head
         # NCHW out, like the reference, so callers see no difference in layout
         return onednn_conv(x, head.weight, head.bias, head.padding, False).contiguous()
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels_last, with channels_last strides even for one channel.
+
+    A one-channel map is NCHW- and NHWC-contiguous at once, and ``contiguous(channels_last)``
+    keeps its NCHW strides; oneDNN's convolution then took the first layer for NCHW, ran a slower
+    kernel and wrote an NCHW output, which the next layer copied to NHWC (measured on the paper
+    tile in fp32: 104 ms conv + 75 ms copy, against 44 ms for the same conv writing NHWC)."""
+    x = x.contiguous(memory_format=_CL)
+    if x.shape[1] == 1 and x.stride(1) != 1:
+        x = x.as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
+    return x
 
 
 def _warn_fp16_once() -> None:
