@@ -4,8 +4,9 @@ A Winograd form holds more than the layer's direct (oneDNN) weights: F(4x4, 3x3)
 F(2x2, 3x3) 16/9 = 1.8x (a little more where the channels are padded to the kernel's blocks);
 F(4x4) on the fly holds nothing more where it reads the module's own weight.
 On the paper network the layers that gain least time per extra byte are the 512- and
-1024-channel ones that hold most of the weights, and a plan that takes the fastest form
-everywhere holds 3.6x the direct weights (427 MB against 118 MB in float32). The budget caps
+1024-channel ones that hold most of the weights (F(4x4) from transformed weights on every layer
+would hold 427 MB against 118 MB of direct weights in float32; the uncapped plan, with F(4x4) on
+the fly on some of them, measured 376 MB). The budget caps
 the bytes the 3x3 layers' forms add beyond their cheapest form, summed over the layers, at
 ``UNET_FAST_CPU_CONV_MEMORY`` times the bytes of all 3x3 layers' direct weights (default
 ``_DEFAULT_BUDGET``, 0.5; ``inf`` for no cap, ``0`` for only the forms that cost nothing more
