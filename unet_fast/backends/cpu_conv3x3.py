@@ -269,17 +269,15 @@ class Planner:
             self.layers[index].keep_only({tactic} | {p[index] for p in self.plans.values()})
 
     def finish(self, key: tuple[int, ...], fastest: list[str],
-               seconds: list[dict[str, float]]) -> list[str]:
+               seconds: list[dict[str, float]], budget: float) -> list[str]:
         """Record the plan for ``key``: ``fastest`` (each layer's fastest tactic, ``seconds`` its
-        candidates' times; empty where not measured) cut down to the memory budget (see
+        candidates' times; empty where not measured) cut down to ``budget`` extra bytes (see
         :mod:`.cpu_conv_memory`). Builds the forms the plan needs that measuring did not keep,
         frees every other form and the folded weights, and returns the freed heap to the OS."""
         layers = self.layers
-        direct = self.direct_bytes()
         extra = [{t: layer.form_bytes(t) - layer.form_bytes(DIRECT) for t in layer.candidates()}
                  for layer in layers]
-        plan = cpu_conv_memory.budget_plan(seconds, extra, fastest,
-                                           cpu_conv_memory.memory_budget() * direct)
+        plan = cpu_conv_memory.budget_plan(seconds, extra, fastest, budget)
         for layer, tactic in zip(layers, plan, strict=True):
             layer.form(tactic, self.keep)  # built from the folded weights while they exist
         with self._lock:
@@ -352,4 +350,4 @@ class _PlannedForward:
         if self.forced is not None:
             self.planner.forced_done()
         elif self.plan is None:
-            self.planner.finish(self.key, self.measured, self.seconds)
+            self.planner.finish(self.key, self.measured, self.seconds, self.budget)

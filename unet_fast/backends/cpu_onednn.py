@@ -59,19 +59,26 @@ def _pack_up(up: torch.nn.ConvTranspose2d, dtype: torch.dtype) -> PackedUp:
 
 def _upconv(x: torch.Tensor, up: PackedUp) -> torch.Tensor:
     """aten's transposed convolution took ~10% of the paper network's CPU time; as GEMMs (on the
-    NHWC view) plus copies that interleave the 2x2 blocks it is about 3x faster. One GEMM per
-    output row parity ``i``, copied straight into its rows of the output: the GEMM result held
-    at a time is half the output, not all of it (the last decoder level's peak)."""
+    NHWC view) plus copies that interleave the 2x2 blocks it is about 3x faster."""
+    n, _, h, w = x.shape
+    out = torch.empty((n, 2 * h, 2 * w, up.weight.shape[1] // 4), dtype=x.dtype)
+    _upconv_into(x, up, out)
+    return out.permute(0, 3, 1, 2)
+
+
+def _upconv_into(x: torch.Tensor, up: PackedUp, dest: torch.Tensor) -> None:
+    """Write the up-convolution of ``x`` into ``dest``, an (N, 2H, 2W, C_out) NHWC view (its
+    channels may be a slice of a wider buffer). One GEMM per output row parity ``i``, copied
+    straight into its rows: the GEMM result held at a time is half the output, not all of it
+    (the last decoder level's peak)."""
     n, _, h, w = x.shape
     c2 = up.weight.shape[1] // 2  # (j, c) columns of one row parity
     rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)
-    out = torch.empty((n, 2 * h, 2 * w, c2 // 2), dtype=x.dtype)
-    by_parity = out.view(n, h, 2, w * c2)  # [.., i, (x, j, c)] = out[2y + i, 2x + j, c]
+    by_parity = dest.unflatten(1, (h, 2)).unflatten(3, (w, 2))  # [n, y, i, x, j, c]
     for i in range(2):
         block = torch.addmm(up.bias[i * c2:(i + 1) * c2], rows, up.weight[:, i * c2:(i + 1) * c2])
-        by_parity[:, :, i].copy_(block.view(n, h, w * c2))
+        by_parity[:, :, i].copy_(block.view(n, h, w, 2, c2 // 2))
         del block
-    return out.permute(0, 3, 1, 2)
 
 
 def upconv_joined(x: torch.Tensor, up: PackedUp, skip: torch.Tensor, same: bool) -> torch.Tensor:
@@ -80,8 +87,7 @@ def upconv_joined(x: torch.Tensor, up: PackedUp, skip: torch.Tensor, same: bool)
     around them where same padding pads), so no up-sampled map is written and read again by a
     concatenation. For a direct convolution, which needs its input in one tensor."""
     n, _, h, w = x.shape
-    c2 = up.weight.shape[1] // 2
-    cu, cs = c2 // 2, skip.shape[1]
+    cu, cs = up.weight.shape[1] // 4, skip.shape[1]
     dh, dw = skip.shape[-2] - 2 * h, skip.shape[-1] - 2 * w
     if same:  # up zero-padded to the skip's size, the odd pixel at the bottom/right
         oy, ox = dh // 2, dw // 2
@@ -97,13 +103,7 @@ def upconv_joined(x: torch.Tensor, up: PackedUp, skip: torch.Tensor, same: bool)
         part[:, oy + 2 * h:].zero_()
         part[:, :, :ox].zero_()
         part[:, :, ox + 2 * w:].zero_()
-    # [n, y, i, x, j, c] = up[2y + i, 2x + j, c]
-    dest = part[:, oy: oy + 2 * h, ox: ox + 2 * w].unflatten(1, (h, 2)).unflatten(3, (w, 2))
-    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)
-    for i in range(2):
-        block = torch.addmm(up.bias[i * c2:(i + 1) * c2], rows, up.weight[:, i * c2:(i + 1) * c2])
-        dest[:, :, i].copy_(block.view(n, h, w, 2, cu))
-        del block
+    _upconv_into(x, up, part[:, oy: oy + 2 * h, ox: ox + 2 * w])
     return joined.permute(0, 3, 1, 2)
 
 
