@@ -37,7 +37,7 @@ TORCH_LIBRARY(unet_fast, m) {
   // `offsets` = (a_oy, a_ox, b_oy, b_ox): virtual pixel (y, x) reads a at (y + a_oy, x + a_ox) and
   // b at (y + b_oy, x + b_ox), zero outside each source (a crop is a positive offset, a pad a
   // negative one). `weight` and `bias` are packed by unet_fast.winograd.pack. `isa` is "auto",
-  // "avx512" or "portable". Output NHWC (channels_last), in the input's dtype (float or bfloat16).
+  // "amx" (bfloat16: AMX tile GEMMs), "avx512" or "portable". Output NHWC (channels_last), in the input's dtype (float or bfloat16).
   m.def(
       "winograd_conv3x3(Tensor a, Tensor? b, int[4] offsets, int[2] size, Tensor weight, "
       "Tensor bias, int in_channels, int out_channels, int padding, int m, bool relu, str isa=\"auto\") -> Tensor");

@@ -5,7 +5,9 @@ transform, per-point GEMMs and output transform with bias + ReLU, fused per cach
 tiles). This module transforms the weights once, ``U = G g G^T`` in float64 (so the packed
 weights are the exact rounding of the true transform), and lays them out for the kernel's GEMM:
 ``[points][blocks of 32 output channels][input channels padded to 16][32]`` in float32, or with
-pairs of input channels interleaved (``[..][K/2][32][2]``) in bfloat16 for AVX512-BF16 dot products.
+pairs of input channels interleaved (``[..][K/2][32][2]``) in bfloat16, the operand layout of both
+AVX512-BF16 dot products and AMX tiles (``isa="amx"``, which ``"auto"`` picks for bf16 on CPUs
+with AMX-BF16 when the padded input channels are a multiple of 32).
 
 F(4x4, 3x3) multiplies 4x fewer times than a direct convolution and F(2x2, 3x3) 2.25x fewer, at
 the cost of memory-bound transforms and some rounding error (F(4x4) uses the points 0, +-1, +-2);
@@ -116,10 +118,11 @@ def conv3x3(x: torch.Tensor, conv: WinogradConv, relu: bool, *, skip: torch.Tens
 
 @functools.cache
 def isa_supported(isa: str, dtype: torch.dtype = torch.float32) -> bool:
-    """Whether ``isa`` ("avx512" or "portable") can run ``dtype`` on this CPU and build."""
-    conv = pack(torch.zeros(1, 1, 3, 3), torch.zeros(1), 0, 2, dtype)
+    """Whether ``isa`` ("amx", "avx512" or "portable") can run ``dtype`` on this CPU and build
+    ("amx": bfloat16 only, AVX-512 transforms with AMX tile GEMMs)."""
+    conv = pack(torch.zeros(1, 32, 3, 3), torch.zeros(1), 0, 2, dtype)
     try:
-        conv3x3(torch.zeros(1, 1, 3, 3, dtype=dtype), conv, False, isa=isa)
+        conv3x3(torch.zeros(1, 32, 3, 3, dtype=dtype), conv, False, isa=isa)
     except RuntimeError:
         return False
     return True

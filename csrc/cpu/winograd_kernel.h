@@ -11,7 +11,8 @@
 //
 // Layouts (see winograd_cpu.cpp and unet_fast/winograd.py, which packs the weights):
 //   sources  NHWC, channel stride 1, float or bfloat16 (uint16 bits);
-//   V        [P][T][Kp]      transformed input of one chunk (P = alpha^2 points, T tiles);
+//   V        [P][T][Kp]      transformed input of one chunk (P = alpha^2 points, T tiles;
+//            with AMX GEMMs T is the chunk's tile count rounded up to 16, the extra rows zero);
 //   U        [P][ncob][Kp][32] float, or [P][ncob][Kp/2][32][2] bf16: transformed weights;
 //            or, float only (prm.raw_u), the module's own weight (C_out, C_in, 3, 3), laid out
 //            per block as taps [Kp][9][32] and transformed here one row of points of one
@@ -59,9 +60,16 @@ static inline vf fmadd(vf a, vf b, vf c) {
 }
 
 static inline vf bf16_to_f32(const uint16_t* p) {
+#if defined(UNET_FAST_WINO_AVX512)
+  // One zero-extending load and a shift: the generic conversion below compiles to four
+  // instructions here (two half-width extends and an insert).
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return (vf)_mm512_slli_epi32(w, 16);
+#else
   vh_u h = *reinterpret_cast<const vh_u*>(p);
   vu w = __builtin_convertvector(h, vu) << 16;
   return (vf)w;
+#endif
 }
 
 // Round to nearest even, NaN kept quiet (as torch's float -> bfloat16 conversion does).
@@ -214,12 +222,10 @@ static void input_tile(const WinoParams& prm, const Source<T>& a0, const Source<
   }
   const int64_t Kp = prm.kp, plane = rows * Kp;
   for (int64_t k0 = 0; k0 < Kp; k0 += kLanes) {
-    vf d[A][A], t[A][A];
-    for (int i = 0; i < A; ++i)
-      for (int j = 0; j < A; ++j) d[i][j] = gather_lanes(a, b, pa[i][j], pb[i][j], k0);
-    for (int j = 0; j < A; ++j) {  // columns: t[:, j] = B^T d[:, j]
-      vf col[A], r[A];
-      for (int i = 0; i < A; ++i) col[i] = d[i][j];
+    vf t[A][A];
+    for (int j = 0; j < A; ++j) {  // columns: t[:, j] = B^T d[:, j], loaded a column at a time
+      vf col[A], r[A];           // (all of d and t at once spill for F(2x2): 32 vectors live)
+      for (int i = 0; i < A; ++i) col[i] = gather_lanes(a, b, pa[i][j], pb[i][j], k0);
       Transform<M>::input(col, r);
       for (int i = 0; i < A; ++i) t[i][j] = r[i];
     }
@@ -389,6 +395,86 @@ static inline void gemm_point(int64_t rows, const VT* Vp, const VT* U, int64_t K
   }
 }
 
+#if defined(UNET_FAST_WINO_AMX)
+// AMX tiles (bf16 operands, fp32 accumulation, exact products as vdpbf16ps): tmm0-3 accumulate a
+// 32 x 32 block of M, tmm4-5 hold 16 rows x 32 channels of V each, tmm6-7 16 channel pairs x 16
+// output channels of U each. The configuration is per thread and oneDNN's kernels load their own
+// on the same threads, so each work item loads ours and releases it when done.
+struct alignas(64) AmxConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+static inline void amx_configure() {
+  AmxConfig cfg{};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = kAmxRows;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// The next 32 channels' B operands (2 KiB, contiguous) into L1 while this step's dot products run:
+// a tile load that misses L1 stalls the tiles that wait on it (no renaming), and U streams from
+// L2/L3. Measured 1.1-1.2x on 128- to 512-channel layers; prefetching A (V, in L2) did not pay.
+// Past the block's end this fetches the next block's first operands, which come next anyway.
+static inline void prefetch_b(const uint16_t* next) {
+  const char* p = reinterpret_cast<const char*>(next);
+  for (int line = 0; line < 32; ++line) _mm_prefetch(p + line * 64, _MM_HINT_T0);
+}
+
+// One point's GEMM on AMX: M[rows][32] (row stride P * 32) = V[rows][Kp] U[Kp/2][32][2], with
+// rows a multiple of 16 and Kp of 32. U's [Kp/2][32][2] is already the pair-interleaved layout
+// AMX's B operand takes: rows of 64 bytes (16 output channels), 128 bytes apart.
+template <int P>
+static inline void gemm_point_amx(int64_t rows, const uint16_t* Vp, const uint16_t* U, int64_t Kp,
+                                  float* Mp) {
+  const int64_t lda = Kp * 2, ldc = P * 32 * 4;
+  int64_t r0 = 0;
+  for (; r0 + 2 * kAmxRows <= rows; r0 += 2 * kAmxRows) {
+    const uint16_t* a = Vp + r0 * Kp;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t k = 0; k < Kp; k += 32) {
+      _tile_loadd(4, a + k, lda);
+      _tile_loadd(5, a + kAmxRows * Kp + k, lda);
+      _tile_loadd(6, U + k * 32, 128);
+      _tile_loadd(7, U + k * 32 + 32, 128);
+      prefetch_b(U + (k + 32) * 32);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    float* c = Mp + r0 * P * 32;
+    _tile_stored(0, c, ldc);
+    _tile_stored(1, c + 16, ldc);
+    _tile_stored(2, c + kAmxRows * P * 32, ldc);
+    _tile_stored(3, c + kAmxRows * P * 32 + 16, ldc);
+  }
+  if (r0 < rows) {  // the last 16 rows
+    const uint16_t* a = Vp + r0 * Kp;
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int64_t k = 0; k < Kp; k += 32) {
+      _tile_loadd(4, a + k, lda);
+      _tile_loadd(6, U + k * 32, 128);
+      _tile_loadd(7, U + k * 32 + 32, 128);
+      prefetch_b(U + (k + 32) * 32);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    float* c = Mp + r0 * P * 32;
+    _tile_stored(0, c, ldc);
+    _tile_stored(1, c + 16, ldc);
+  }
+}
+#endif
+
 // Ur[b][k][32] = sum_j G[b][j] sum_i G[a][i] g[k][i][j][32]: row `a` of points of one block's
 // transformed weights from its 3x3 taps (g: [Kp][9][32]), in float32. Separable, 3 multiply-adds
 // per tap and point (a tenth of the F(4x4) GEMM's per input-output pair on the 49-tile layers);
@@ -465,11 +551,16 @@ static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int6
   constexpr int A = Transform<M>::kAlpha;
   constexpr int P = A * A;
   using VT = T;  // transformed input stored in the compute dtype (bf16 operands, fp32 otherwise)
-  const int64_t rows = t_end - t_begin;
+  const int64_t n_rows = t_end - t_begin;
+  const int64_t rows = wino_row_stride(prm, n_rows);  // V's and M's rows per point
   const int64_t Kp = prm.kp, ncob = (prm.cout + 31) / 32, nc = cob_end - cob_begin;
   VT* V = static_cast<VT*>(scratch);
   float* Mbuf = reinterpret_cast<float*>(static_cast<char*>(scratch) +
                                          ((P * rows * Kp * sizeof(VT) + 63) / 64) * 64);
+  if (rows > n_rows) {  // AMX's padding rows: zero, so they multiply to finite values
+    for (int p = 0; p < P; ++p)
+      std::memset(V + (p * rows + n_rows) * Kp, 0, (rows - n_rows) * Kp * sizeof(VT));
+  }
   const Source<T> a{static_cast<const T*>(prm.a), prm.a_sh, prm.a_sw, prm.a_h, prm.a_w,
                     prm.a_c, prm.a_oy, prm.a_ox, 0};
   const Source<T> b{static_cast<const T*>(prm.b), prm.b_sh, prm.b_sw, prm.b_h, prm.b_w,
@@ -502,14 +593,32 @@ static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int6
   } else {
     // Point-major: one point's transformed input (rows x Kp) stays in L2 while every block of
     // output channels multiplies it, and each block's weights (Kp x 32) stay in L1/L2 over all rows.
+#if defined(UNET_FAST_WINO_AMX)
+    if constexpr (sizeof(VT) == 2) {
+      if (prm.amx) amx_configure();
+    }
+#endif
     for (int p = 0; p < P; ++p) {
       const VT* Vp = V + p * rows * Kp;
       for (int64_t c = 0; c < nc; ++c) {
         float* Mp = Mbuf + c * rows * P * 32 + p * 32;
         const VT* U = static_cast<const VT*>(prm.u) + (p * ncob + cob_begin + c) * Kp * 32;
+#if defined(UNET_FAST_WINO_AMX)
+        if constexpr (sizeof(VT) == 2) {
+          if (prm.amx) {
+            gemm_point_amx<P>(rows, Vp, U, Kp, Mp);
+            continue;
+          }
+        }
+#endif
         gemm_point<VT, P>(rows, Vp, U, Kp, Mp);
       }
     }
+#if defined(UNET_FAST_WINO_AMX)
+    if constexpr (sizeof(VT) == 2) {
+      if (prm.amx) _tile_release();
+    }
+#endif
   }
   for (int64_t c = 0; c < nc; ++c) {
     for (int64_t t = t_begin; t < t_end; ++t) {

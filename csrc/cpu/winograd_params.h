@@ -10,6 +10,7 @@ namespace unet_fast {
 struct WinoParams {
   int m;      // output tile: 4 for F(4x4, 3x3), 2 for F(2x2, 3x3)
   bool bf16;  // sources, U and output are bfloat16 (else float32)
+  bool amx;   // bf16 point GEMMs on AMX tiles (needs kp % 32 == 0; AVX-512 build only)
   bool relu;
   int64_t padding;   // 0 (valid) or 1 (same)
   int64_t vh, vw;    // virtual input size: the concatenation the reference would build
@@ -30,10 +31,19 @@ struct WinoParams {
   int64_t out_sn, out_sh, out_sw;
 };
 
+constexpr int kWinoRows = 12;
+constexpr int kAmxRows = 16;  // rows of one AMX tile
+
+// Rows of V and M per point for a work item of `rows` tiles: AMX tiles load and store 16 rows,
+// so their GEMMs run over rows rounded up to 16 (the extra rows are zero in V, ignored in M).
+inline int64_t wino_row_stride(const WinoParams& p, int64_t rows) {
+  return p.amx ? (rows + kAmxRows - 1) / kAmxRows * kAmxRows : rows;
+}
+
 // Bytes of scratch one work item of `rows` tiles and `blocks` blocks
 // of 32 output channels needs.
-constexpr int kWinoRows = 12;
 inline int64_t wino_scratch_bytes(const WinoParams& p, int64_t rows, int64_t blocks) {
+  rows = wino_row_stride(p, rows);
   const int64_t points = (p.m + 2) * (p.m + 2);
   const int64_t v = (points * rows * p.kp * (p.bf16 ? 2 : 4) + 63) / 64 * 64;
   const int64_t ur = p.raw_u ? (p.m + 2) * p.kp * 32 * 4 : 0;  // one row of points' weights
@@ -45,6 +55,7 @@ namespace wino_avx512 {
 void run_work_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int64_t cob_begin,
                    int64_t cob_end, void* scratch);
 bool compiled();  // false where the compiler could not target AVX-512 (the file is then empty)
+bool amx_compiled();  // whether this build has the AMX GEMMs (prm.amx)
 }  // namespace wino_avx512
 namespace wino_portable {
 void run_work_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int64_t cob_begin,
