@@ -196,6 +196,32 @@ static inline vf gather_lanes(const Source<T>& a, const Source<T>& b, const T* p
   return v;
 }
 
+// V[p][row][k0 .. k0 + 16) = (B^T d B)[p] for 16 channels of one tile; load(i, j) gives channels
+// [k0, k0 + 16) of the tile's input pixel (i, j).
+template <int M, typename VT, typename Load>
+static inline void transform_lanes(const Load& load, VT* V, int64_t plane, int64_t offset) {
+  constexpr int A = Transform<M>::kAlpha;
+  vf t[A][A];
+  for (int j = 0; j < A; ++j) {  // columns: t[:, j] = B^T d[:, j], loaded a column at a time
+    vf col[A], r[A];           // (all of d and t at once spill for F(2x2): 32 vectors live)
+    for (int i = 0; i < A; ++i) col[i] = load(i, j);
+    Transform<M>::input(col, r);
+    for (int i = 0; i < A; ++i) t[i][j] = r[i];
+  }
+  for (int i = 0; i < A; ++i) {  // rows: V[i, :] = t[i, :] B
+    vf r[A];
+    Transform<M>::input(t[i], r);
+    for (int j = 0; j < A; ++j) {
+      VT* dst = V + (i * A + j) * plane + offset;
+      if constexpr (sizeof(VT) == 4) {
+        store(reinterpret_cast<float*>(dst), r[j]);
+      } else {
+        store_bf16(reinterpret_cast<uint16_t*>(dst), r[j]);
+      }
+    }
+  }
+}
+
 // V[p][row][:] for the tile whose top-left output pixel is (ty0, tx0) of image `n`.
 template <int M, typename T, typename VT>
 static void input_tile(const WinoParams& prm, const Source<T>& a0, const Source<T>& b0, int64_t n,
@@ -206,41 +232,50 @@ static void input_tile(const WinoParams& prm, const Source<T>& a0, const Source<
   if (b.base) b.base += n * prm.b_sn;
   const T* pa[A][A];
   const T* pb[A][A];
+  bool inside = true;  // every pixel in every source: no bounds to check per load
   for (int i = 0; i < A; ++i) {
     const int64_t vy = ty0 - prm.padding + i;
     for (int j = 0; j < A; ++j) {
       const int64_t vx = tx0 - prm.padding + j;
       pa[i][j] = pb[i][j] = nullptr;
-      if (vy < 0 || vy >= prm.vh || vx < 0 || vx >= prm.vw) continue;
+      if (vy < 0 || vy >= prm.vh || vx < 0 || vx >= prm.vw) {
+        inside = false;
+        continue;
+      }
       const int64_t ay = vy + a.oy, ax = vx + a.ox;
       if (ay >= 0 && ay < a.h && ax >= 0 && ax < a.w) pa[i][j] = a.base + ay * a.sh + ax * a.sw;
+      else inside = false;
       if (b.base) {
         const int64_t by = vy + b.oy, bx = vx + b.ox;
         if (by >= 0 && by < b.h && bx >= 0 && bx < b.w) pb[i][j] = b.base + by * b.sh + bx * b.sw;
+        else inside = false;
       }
     }
   }
   const int64_t Kp = prm.kp, plane = rows * Kp;
+  // Interior tiles of sources whose channels fill whole vectors (all U-Net layers but the
+  // first): plain strided loads from the tile's corner pixel in each source, instead of the
+  // general path's checks of each pixel and source per vector. Measured 0.9x the time of a
+  // 64-channel 512x512 F(4x4) fp32 layer (four alternated runs), level to 0.9x in bf16 F(2x2).
+  const int64_t bc = b.base ? b.c : 0;
+  if (inside && a.c % kLanes == 0 && bc % kLanes == 0 && a.c + bc == Kp) {
+    const int64_t ash = a.sh, asw = a.sw;
+    for (int64_t k0 = 0; k0 < a.c; k0 += kLanes) {
+      const T* base = pa[0][0] + k0;
+      transform_lanes<M>([&](int i, int j) { return load_lanes(base + i * ash + j * asw); }, V,
+                         plane, row * Kp + k0);
+    }
+    const int64_t bsh = b.sh, bsw = b.sw;
+    for (int64_t k0 = 0; k0 < bc; k0 += kLanes) {
+      const T* base = pb[0][0] + k0;
+      transform_lanes<M>([&](int i, int j) { return load_lanes(base + i * bsh + j * bsw); }, V,
+                         plane, row * Kp + a.c + k0);
+    }
+    return;
+  }
   for (int64_t k0 = 0; k0 < Kp; k0 += kLanes) {
-    vf t[A][A];
-    for (int j = 0; j < A; ++j) {  // columns: t[:, j] = B^T d[:, j], loaded a column at a time
-      vf col[A], r[A];           // (all of d and t at once spill for F(2x2): 32 vectors live)
-      for (int i = 0; i < A; ++i) col[i] = gather_lanes(a, b, pa[i][j], pb[i][j], k0);
-      Transform<M>::input(col, r);
-      for (int i = 0; i < A; ++i) t[i][j] = r[i];
-    }
-    for (int i = 0; i < A; ++i) {  // rows: V[i, :] = t[i, :] B
-      vf r[A];
-      Transform<M>::input(t[i], r);
-      for (int j = 0; j < A; ++j) {
-        VT* dst = V + (i * A + j) * plane + row * Kp + k0;
-        if constexpr (sizeof(VT) == 4) {
-          store(reinterpret_cast<float*>(dst), r[j]);
-        } else {
-          store_bf16(reinterpret_cast<uint16_t*>(dst), r[j]);
-        }
-      }
-    }
+    transform_lanes<M>([&](int i, int j) { return gather_lanes(a, b, pa[i][j], pb[i][j], k0); },
+                       V, plane, row * Kp + k0);
   }
 }
 
