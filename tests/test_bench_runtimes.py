@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_openvino_and_onnxruntime_rows_on_a_tiny_network(tmp_path, fake_ceilings
         tol = 1e-4 if r["precision"] == "fp32" else 5e-2
         assert r["rel_l2_err"] < tol and r["label_agreement"] > 0.9
         assert r["settings"]["threads"] == 1 and r["onnx_export_s"] > 0
-        assert r["interleaved"]["rows"] == (5 if bf16_cpu else 4)
+        assert r["interleaved"]["rows"] == (6 if bf16_cpu else 4)
         assert r["pct_of_peak"] == pytest.approx(100 * r["tflops"] / (
             0.5 if r["precision"] == "fp32" else 1.0))
     for prec, want in (("fp32", "f32"), ("bf16", "bf16")):
@@ -183,3 +184,36 @@ def test_percent_of_peak_uses_the_conv_ceiling_when_measured():
     row["tflops"] = 0.75
     (note,) = apply_peaks([row], both)
     assert "above 100% of the measured peak" in note and "c/b1/r" in note
+
+
+def test_opt_in_rows_are_compared_beside_the_default_never_as_its_best():
+    """A unet_fast row run with an opt-in setting (its ``env``), however fast, is not the best
+    unet_fast row of its precision: it gets its own line in ``opt_in``."""
+    from unet_fast.benchmark.summary import summarize
+
+    def row(name, impl, ms, **extra):
+        return {"case": "c", "batch": 1, "row": name, "impl": impl, "precision": "bf16",
+                "status": "ok", "median_ms": ms, **extra}
+
+    env = {"UNET_FAST_CPU_BF16_WINOGRAD": "1"}
+    (entry,) = summarize([row("eager-cl-bf16", "eager-cl", 30.0),
+                          row("unet_fast-bf16", "unet_fast", 20.0),
+                          row("unet_fast-bf16-winograd", "unet_fast", 8.0, env=env),
+                          row("openvino-bf16", "openvino", 16.0)])
+    cmp = entry["vs_runtimes"]["bf16"]
+    assert entry["best_unet_fast_row"] == cmp["unet_fast_row"] == "unet_fast-bf16"
+    assert cmp["unet_fast_speedup_vs_openvino"] == pytest.approx(0.8)
+    assert cmp["opt_in"] == [{"row": "unet_fast-bf16-winograd", "env": env, "ms": 8.0,
+                              "speedup_vs_openvino": pytest.approx(2.0)}]
+
+
+def test_a_rows_env_is_set_only_while_it_runs(monkeypatch):
+    from unet_fast.benchmark.rows import RowSpec, make_call
+
+    monkeypatch.delenv("UNET_FAST_CPU_BF16_WINOGRAD", raising=False)
+    seen = []
+    spec = RowSpec("r", "unet_fast", "fp32", "d", env={"UNET_FAST_CPU_BF16_WINOGRAD": "1"})
+    call = make_call(spec, lambda x: seen.append(os.environ.get("UNET_FAST_CPU_BF16_WINOGRAD"))
+                     or x, "cpu", None)
+    call(torch.zeros(1))
+    assert seen == ["1"] and "UNET_FAST_CPU_BF16_WINOGRAD" not in os.environ

@@ -202,7 +202,8 @@ def test_cli_bench_quick_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = _load(tmp_path)
     assert next(tmp_path.glob("*.json")).name.endswith("-ci.json")
-    assert [r["row"] for r in doc["rows"]] == ["unet_fast-fp32", "unet_fast-bf16"]
+    assert [r["row"] for r in doc["rows"]] == ["unet_fast-fp32", "unet_fast-bf16",
+                                             "unet_fast-bf16-winograd"]
     assert all(r["status"] == "ok" for r in doc["rows"])
     assert "unet_fast-bf16" in proc.stdout
 

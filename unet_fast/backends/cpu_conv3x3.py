@@ -25,6 +25,10 @@ PyTorch NCHW; 0.5 ran within 1% of the uncapped plan's time, 0 at 1.08x. The pla
 beside the packed weights and dropped with them when the weights change; a form that a later
 input size needs is built by folding the module's weights again.
 
+In bfloat16 the plan is direct everywhere unless ``UNET_FAST_CPU_BF16_WINOGRAD=1`` lets it measure
+F(2x2) too (faster on most layers where AMX runs its GEMMs, but below PyTorch's own bf16 in label
+agreement; see :func:`bf16_winograd_allowed`).
+
 ``UNET_FAST_CPU_CONV`` overrides the measurement (and the budget): ``direct``, ``winograd`` (F(4x4)
 in float32, F(2x2) in bfloat16, wherever the layer has at least 8 input and output channels),
 ``winograd2`` (F(2x2)), ``winograd4otf`` (F(4x4) on the fly; float32), or ``auto`` (the default).
@@ -58,6 +62,22 @@ _MIN_WINOGRAD_IN, _MIN_WINOGRAD_OUT = 8, 8
 # being measured: what Winograd could save there is less than measuring it costs.
 _MIN_MEASURED_MACS = 50_000_000
 _ROUNDS = 3  # timed runs of each candidate when a layer is measured
+
+
+_BF16_WINOGRAD_ENV = "UNET_FAST_CPU_BF16_WINOGRAD"
+
+
+def bf16_winograd_allowed() -> bool:
+    """Whether bf16 plans may measure F(2x2) (``UNET_FAST_CPU_BF16_WINOGRAD=1``; default 0).
+
+    F(2x2) rounds its transformed input to bf16 again, which a direct bf16 convolution never
+    does: each layer given to it lowers the network's label agreement below PyTorch's own bf16
+    (paper network, three seeds: 99.43 / 99.39 / 99.96% against 99.61 / 99.58 / 99.97%). On CPUs
+    with AMX it is also faster on most layers, so it is an opt-in trade of accuracy for speed."""
+    value = os.environ.get(_BF16_WINOGRAD_ENV, "0").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{_BF16_WINOGRAD_ENV} must be 0 or 1; got {value!r}")
+    return value == "1"
 
 
 def forced_tactic() -> str | None:
@@ -123,13 +143,14 @@ class Conv3x3:
     def candidates(self) -> list[str]:
         """The tactics this layer can run with, cheapest in memory first. F(4x4) only in
         float32, since with bfloat16 operands its transforms amplify the rounding to about 8x
-        PyTorch's own bf16 error (F(2x2) stays within 2x); so is F(4x4) on the fly, which reads
-        float32 taps."""
+        PyTorch's own bf16 error; so is F(4x4) on the fly, which reads float32 taps. F(2x2) in
+        bfloat16 (within 2x per layer, but below PyTorch's bf16 label agreement over a network)
+        only where :func:`bf16_winograd_allowed`."""
         if self.in_channels < _MIN_WINOGRAD_IN or self.out_channels < _MIN_WINOGRAD_OUT:
             return [DIRECT]
         if self.dtype == torch.float32:
             return [DIRECT, WINOGRAD4_OTF, WINOGRAD2, WINOGRAD4]
-        if self.dtype == torch.bfloat16:
+        if self.dtype == torch.bfloat16 and bf16_winograd_allowed():
             return [DIRECT, WINOGRAD2]
         return [DIRECT]
 

@@ -51,6 +51,12 @@ def _runtime_lines(result: dict, case: str, batch: int) -> list[str]:
                  for rt in ("openvino", "onnxruntime") if f"{rt}_ms" in cmp]
         out.append(f"   {prec}: {cmp['unet_fast_row']} ({cmp['unet_fast_ms']:.3f} ms) is "
                    + ", ".join(parts) + " (>1: unet_fast faster)")
+        for o in cmp.get("opt_in", []):
+            parts = [f"{o[f'speedup_vs_{rt}']:.2f}x {rt}" for rt in ("openvino", "onnxruntime")
+                     if f"speedup_vs_{rt}" in o]
+            env = " ".join(f"{k}={v}" for k, v in o["env"].items())
+            out.append(f"   {prec}, opt-in {env}: {o['row']} ({o['ms']:.3f} ms) is "
+                       + ", ".join(parts))
     return out
 
 

@@ -70,6 +70,7 @@ def row_head(spec: RowSpec, case: Case, batch: int) -> dict:
         "case": case.key, "model": case.model, "kind": case.kind, "size": case.size,
         "batch": batch, "row": spec.name, "impl": spec.impl, "precision": spec.precision,
         "description": spec.description, "status": "ok", "error": None, "notes": [],
+        **({"env": dict(spec.env)} if spec.env else {}),
     }
 
 

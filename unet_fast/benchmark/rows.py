@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -35,6 +36,10 @@ class RowSpec:
     cuda_graph: bool = False
     flags: dict = field(default_factory=dict)
     runtime: str | None = None  # "openvino" | "onnxruntime": another library runs the network
+    # environment variables set while the row's calls run (a unet_fast option that is off by
+    # default: its plan is made on its first call); such rows are reported beside the default
+    # configuration, never as unet_fast's best
+    env: dict = field(default_factory=dict)
 
     @property
     def autocast(self) -> torch.dtype | None:
@@ -53,6 +58,10 @@ def cpu_rows() -> list[RowSpec]:
         RowSpec("unet_fast-fp32", "unet_fast", "fp32", "unet_fast.UNet, fp32", fast=True),
         RowSpec("unet_fast-bf16", "unet_fast", "bf16", "unet_fast.UNet, bf16 autocast",
                 fast=True),
+        RowSpec("unet_fast-bf16-winograd", "unet_fast", "bf16",
+                "unet_fast.UNet, bf16 autocast, UNET_FAST_CPU_BF16_WINOGRAD=1 (F(2x2) measured "
+                "too: faster with AMX, lower label agreement)", fast=True,
+                env={"UNET_FAST_CPU_BF16_WINOGRAD": "1"}),
         RowSpec("openvino-fp32", "openvino", "fp32",
                 "OpenVINO CPU, the exported ONNX graph, inference precision f32, latency mode",
                 runtime="openvino"),
@@ -151,6 +160,21 @@ def build_module(spec: RowSpec, config: UNetConfig, state: dict, device: str) ->
     return model
 
 
+@contextlib.contextmanager
+def _environment(env: dict) -> Iterator[None]:
+    """Set ``env`` in os.environ for the block, then restore what was there."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def make_call(spec: RowSpec, module: Callable, device: str, image_fn: Callable | None
               ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn(x)``: the row's whole inference call (layout change and autocast included), either
@@ -161,6 +185,7 @@ def make_call(spec: RowSpec, module: Callable, device: str, image_fn: Callable |
 
     def call(x: torch.Tensor) -> torch.Tensor:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_environment(spec.env))
             stack.enter_context(torch.inference_mode())
             if autocast is not None:
                 stack.enter_context(torch.autocast(device, dtype=autocast, cache_enabled=cache))

@@ -36,14 +36,18 @@ def apply_peaks(rows: list[dict], ceilings: dict) -> list[str]:
 
 def _runtime_comparison(ok: list[dict]) -> dict:
     """Per precision with a unet_fast row and a runtime row (OpenVINO, ONNX Runtime) measured:
-    the best of each and unet_fast's speedup over each runtime (> 1: unet_fast is faster)."""
+    the best of each and unet_fast's speedup over each runtime (> 1: unet_fast is faster).
+    unet_fast rows run with an opt-in setting (``env``) are not candidates for the best; each is
+    compared in ``opt_in`` instead."""
     out = {}
     for prec in sorted({r["precision"] for r in ok}):
-        fast = [r for r in ok if r["precision"] == prec and r["impl"].startswith("unet_fast")]
+        fast = [r for r in ok if r["precision"] == prec and _default_unet_fast(r)]
         if not fast:
             continue
         best = min(fast, key=lambda r: r["median_ms"])
         entry: dict = {}
+        opt_in = [r for r in ok if r["precision"] == prec and r["impl"].startswith("unet_fast")
+                  and r.get("env")]
         for runtime in RUNTIMES:
             theirs = [r for r in ok if r["precision"] == prec and r["impl"] == runtime]
             if theirs:
@@ -51,9 +55,20 @@ def _runtime_comparison(ok: list[dict]) -> dict:
                 entry[f"{runtime}_row"] = other["row"]
                 entry[f"{runtime}_ms"] = other["median_ms"]
                 entry[f"unet_fast_speedup_vs_{runtime}"] = other["median_ms"] / best["median_ms"]
+        if entry and opt_in:
+            entry["opt_in"] = [
+                {"row": r["row"], "env": r["env"], "ms": r["median_ms"],
+                 **{f"speedup_vs_{rt}": entry[f"{rt}_ms"] / r["median_ms"]
+                    for rt in RUNTIMES if f"{rt}_ms" in entry}}
+                for r in opt_in]
         if entry:
             out[prec] = {"unet_fast_row": best["row"], "unet_fast_ms": best["median_ms"], **entry}
     return out
+
+
+def _default_unet_fast(row: dict) -> bool:
+    """A unet_fast row in its default configuration (no opt-in ``env``)."""
+    return row["impl"].startswith("unet_fast") and not row.get("env")
 
 
 def summarize(rows: list[dict], baselines: list[dict] | None = None) -> list[dict]:
@@ -89,7 +104,7 @@ def summarize(rows: list[dict], baselines: list[dict] | None = None) -> list[dic
         # stock = PyTorch as a user would run it; the other runtimes are compared in vs_runtimes
         stock = [r for r in ok
                  if not r["impl"].startswith("unet_fast") and r["impl"] not in RUNTIMES]
-        fast = [r for r in ok if r["impl"].startswith("unet_fast")]
+        fast = [r for r in ok if _default_unet_fast(r)]
         best_stock = min(stock, key=lambda r: r["median_ms"], default=None)
         best_fast = min(fast, key=lambda r: r["median_ms"], default=None)
         entry = {
