@@ -127,16 +127,21 @@ def test_error_growth_over_the_paper_networks_depth(monkeypatch, tactic):
     assert wino <= 5 * direct
 
 
-def test_bf16_labels_agree_with_fp32_as_often_as_pytorchs_bf16(monkeypatch):
-    """bf16 with Winograd F(2x2) in every layer it applies to, against PyTorch's own bf16 model."""
-    monkeypatch.setenv("UNET_FAST_CPU_CONV", "winograd")
+@pytest.mark.parametrize(("forced", "slack"), [(None, 0.0), ("winograd", 1e-3)])
+def test_bf16_labels_agree_with_fp32_as_often_as_pytorchs_bf16(monkeypatch, forced, slack):
+    """Against PyTorch's own bf16 model: the measured plan (direct in bf16) rounds as PyTorch does,
+    with no slack; F(2x2) forced into every layer it applies to stays within one pixel in 1000 on
+    this small network (on the paper network it agrees 0.1-0.2 points less often, which is why
+    bf16 plans measure it only on request)."""
+    if forced:
+        monkeypatch.setenv("UNET_FAST_CPU_CONV", forced)
     ref, fast = make_pair(**WIDE)
     x = torch.randn(2, 1, 124, 124)
     with torch.no_grad():
         r32 = ref.float()(x)
         torch_bf16 = label_agreement(ref.bfloat16()(x.bfloat16()), r32)
         ours = label_agreement(fast.bfloat16()(x.bfloat16()), r32)
-    assert ours >= torch_bf16 - 1e-3  # (one pixel in 1000: the two round differently)
+    assert ours >= torch_bf16 - slack
 
 
 def test_bf16_plan_is_direct_unless_winograd_is_allowed(monkeypatch):
@@ -155,14 +160,3 @@ def test_bf16_plan_is_direct_unless_winograd_is_allowed(monkeypatch):
     monkeypatch.setenv("UNET_FAST_CPU_BF16_WINOGRAD", "yes")
     with pytest.raises(ValueError, match="UNET_FAST_CPU_BF16_WINOGRAD must be 0 or 1; got 'yes'"):
         layers[1].candidates()
-
-
-def test_default_bf16_labels_agree_with_fp32_as_often_as_pytorchs_bf16():
-    """The measured plan in bf16 (direct) rounds as PyTorch's own bf16 does: no slack."""
-    ref, fast = make_pair(**WIDE)
-    x = torch.randn(2, 1, 124, 124)
-    with torch.no_grad():
-        r32 = ref.float()(x)
-        torch_bf16 = label_agreement(ref.bfloat16()(x.bfloat16()), r32)
-        ours = label_agreement(fast.bfloat16()(x.bfloat16()), r32)
-    assert ours >= torch_bf16
