@@ -106,7 +106,7 @@ WinoSplit wino_split(const WinoParams& prm, int64_t ntiles, int64_t threads) {
     chunks = std::min(ntiles, (chunks + threads - 1) / threads * threads);
   }
   rows = (ntiles + chunks - 1) / chunks;
-  if (prm.amx) rows = wino_row_stride(prm, rows);  // only the last chunk has padding rows
+  rows = wino_row_stride(prm, rows);  // AMX: 16-row tiles, padding rows in the last chunk only
   chunks = (ntiles + rows - 1) / rows;
   return {rows, chunks, groups};
 }

@@ -460,53 +460,47 @@ static inline void prefetch_b(const uint16_t* next) {
   for (int line = 0; line < 32; ++line) _mm_prefetch(p + line * 64, _MM_HINT_T0);
 }
 
+// `Blocks` (1 or 2) 16-row tiles of M (row stride P * 32) = V rows (Kp apart) times one block's U.
+template <int P, int Blocks>
+static inline void amx_rows(const uint16_t* a, const uint16_t* U, int64_t Kp, float* c) {
+  const int64_t lda = Kp * 2, ldc = P * 32 * 4;
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (Blocks == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int64_t k = 0; k < Kp; k += 32) {
+    _tile_loadd(4, a + k, lda);
+    if constexpr (Blocks == 2) _tile_loadd(5, a + kAmxRows * Kp + k, lda);
+    _tile_loadd(6, U + k * 32, 128);
+    _tile_loadd(7, U + k * 32 + 32, 128);
+    prefetch_b(U + (k + 32) * 32);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (Blocks == 2) {
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, c, ldc);
+  _tile_stored(1, c + 16, ldc);
+  if constexpr (Blocks == 2) {
+    _tile_stored(2, c + kAmxRows * P * 32, ldc);
+    _tile_stored(3, c + kAmxRows * P * 32 + 16, ldc);
+  }
+}
+
 // One point's GEMM on AMX: M[rows][32] (row stride P * 32) = V[rows][Kp] U[Kp/2][32][2], with
 // rows a multiple of 16 and Kp of 32. U's [Kp/2][32][2] is already the pair-interleaved layout
 // AMX's B operand takes: rows of 64 bytes (16 output channels), 128 bytes apart.
 template <int P>
 static inline void gemm_point_amx(int64_t rows, const uint16_t* Vp, const uint16_t* U, int64_t Kp,
                                   float* Mp) {
-  const int64_t lda = Kp * 2, ldc = P * 32 * 4;
   int64_t r0 = 0;
-  for (; r0 + 2 * kAmxRows <= rows; r0 += 2 * kAmxRows) {
-    const uint16_t* a = Vp + r0 * Kp;
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    for (int64_t k = 0; k < Kp; k += 32) {
-      _tile_loadd(4, a + k, lda);
-      _tile_loadd(5, a + kAmxRows * Kp + k, lda);
-      _tile_loadd(6, U + k * 32, 128);
-      _tile_loadd(7, U + k * 32 + 32, 128);
-      prefetch_b(U + (k + 32) * 32);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-    }
-    float* c = Mp + r0 * P * 32;
-    _tile_stored(0, c, ldc);
-    _tile_stored(1, c + 16, ldc);
-    _tile_stored(2, c + kAmxRows * P * 32, ldc);
-    _tile_stored(3, c + kAmxRows * P * 32 + 16, ldc);
-  }
-  if (r0 < rows) {  // the last 16 rows
-    const uint16_t* a = Vp + r0 * Kp;
-    _tile_zero(0);
-    _tile_zero(1);
-    for (int64_t k = 0; k < Kp; k += 32) {
-      _tile_loadd(4, a + k, lda);
-      _tile_loadd(6, U + k * 32, 128);
-      _tile_loadd(7, U + k * 32 + 32, 128);
-      prefetch_b(U + (k + 32) * 32);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-    }
-    float* c = Mp + r0 * P * 32;
-    _tile_stored(0, c, ldc);
-    _tile_stored(1, c + 16, ldc);
-  }
+  for (; r0 + 2 * kAmxRows <= rows; r0 += 2 * kAmxRows)
+    amx_rows<P, 2>(Vp + r0 * Kp, U, Kp, Mp + r0 * P * 32);
+  if (r0 < rows) amx_rows<P, 1>(Vp + r0 * Kp, U, Kp, Mp + r0 * P * 32);  // the last 16 rows
 }
 #endif
 
@@ -629,9 +623,8 @@ static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int6
     // Point-major: one point's transformed input (rows x Kp) stays in L2 while every block of
     // output channels multiplies it, and each block's weights (Kp x 32) stay in L1/L2 over all rows.
 #if defined(UNET_FAST_WINO_AMX)
-    if constexpr (sizeof(VT) == 2) {
-      if (prm.amx) amx_configure();
-    }
+    const bool amx = sizeof(VT) == 2 && prm.amx;  // (the op sets prm.amx for bf16 only)
+    if (amx) amx_configure();
 #endif
     for (int p = 0; p < P; ++p) {
       const VT* Vp = V + p * rows * Kp;
@@ -639,20 +632,17 @@ static void run_item(const WinoParams& prm, int64_t t_begin, int64_t t_end, int6
         float* Mp = Mbuf + c * rows * P * 32 + p * 32;
         const VT* U = static_cast<const VT*>(prm.u) + (p * ncob + cob_begin + c) * Kp * 32;
 #if defined(UNET_FAST_WINO_AMX)
-        if constexpr (sizeof(VT) == 2) {
-          if (prm.amx) {
-            gemm_point_amx<P>(rows, Vp, U, Kp, Mp);
-            continue;
-          }
+        if (amx) {
+          gemm_point_amx<P>(rows, reinterpret_cast<const uint16_t*>(Vp),
+                            reinterpret_cast<const uint16_t*>(U), Kp, Mp);
+          continue;
         }
 #endif
         gemm_point<VT, P>(rows, Vp, U, Kp, Mp);
       }
     }
 #if defined(UNET_FAST_WINO_AMX)
-    if constexpr (sizeof(VT) == 2) {
-      if (prm.amx) _tile_release();
-    }
+    if (amx) _tile_release();
 #endif
   }
   for (int64_t c = 0; c < nc; ++c) {

@@ -41,13 +41,13 @@ def _runtime_comparison(ok: list[dict]) -> dict:
     compared in ``opt_in`` instead."""
     out = {}
     for prec in sorted({r["precision"] for r in ok}):
-        fast = [r for r in ok if r["precision"] == prec and _default_unet_fast(r)]
+        ours = [r for r in ok if r["precision"] == prec and r["impl"].startswith("unet_fast")]
+        fast = [r for r in ours if _default_unet_fast(r)]
         if not fast:
             continue
         best = min(fast, key=lambda r: r["median_ms"])
         entry: dict = {}
-        opt_in = [r for r in ok if r["precision"] == prec and r["impl"].startswith("unet_fast")
-                  and r.get("env")]
+        opt_in = [r for r in ours if not _default_unet_fast(r)]
         for runtime in RUNTIMES:
             theirs = [r for r in ok if r["precision"] == prec and r["impl"] == runtime]
             if theirs:
